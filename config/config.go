@@ -1,0 +1,411 @@
+// Package config is the YAML configuration of nspawn-runner: its schema,
+// defaults and validation. Unknown keys and bad values are errors naming the
+// key and its line.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// DefaultPath is the configuration file read when --config is not given.
+// It lives beside, not inside, /etc/nspawn-runner, so it can never be taken
+// for an image playbook (NAME.yaml in that directory).
+const DefaultPath = "/etc/nspawn-runner.yaml"
+
+// Defaults of the original tool.
+const (
+	DefaultRoot        = "/var/lib/nspawn-runner"
+	DefaultRunDir      = "/run/nspawn-runner"
+	DefaultPlaybookDir = "/etc/nspawn-runner"
+	DefaultSuite       = "bookworm"
+)
+
+// BasePackages are always installed in an image: what jobs and ansible need.
+var BasePackages = []string{"ca-certificates", "dbus", "git", "python3", "systemd"}
+
+// Mode of a machine.
+const (
+	ModeBoot = "boot" // systemd as PID 1, as the original
+	ModeFast = "fast" // no boot: a minimal init, no systemd needed
+)
+
+// Storage of a machine.
+const (
+	StorageAuto     = "auto"     // btrfs snapshot on btrfs, overlay elsewhere
+	StorageBtrfs    = "btrfs"    // a btrfs snapshot of the image
+	StorageOverlay  = "overlay"  // the image as lower layer, a per-machine upper dir
+	StorageVolatile = "volatile" // --volatile=overlay: changes live in a tmpfs
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	// Root holds the base images, one per name (ROOT/NAME).
+	Root string `yaml:"root"`
+	// RunDir holds the state of running machines.
+	RunDir string `yaml:"run_dir"`
+	// PlaybookDirs are searched for NAME.yaml / NAME.yml playbooks; the
+	// default is /etc/nspawn-runner and Root.
+	PlaybookDirs []string `yaml:"playbook_dirs"`
+	// DefaultImage is used by prepare when the job names none.
+	DefaultImage string `yaml:"default_image"`
+	// AllowedImages, when not empty, is the only images jobs may select.
+	AllowedImages []string `yaml:"allowed_images"`
+
+	Bootstrap Bootstrap `yaml:"bootstrap"`
+	Machine   Machine   `yaml:"machine"`
+	GitLab    GitLab    `yaml:"gitlab"`
+}
+
+// Bootstrap configures how chroot-create builds images.
+type Bootstrap struct {
+	// Suite is the Debian suite when neither flag nor playbook names one.
+	Suite string `yaml:"suite"`
+	// Mirror is passed to debootstrap; empty means debootstrap's default.
+	Mirror string `yaml:"mirror"`
+	// Packages are installed in addition to BasePackages.
+	Packages []string `yaml:"packages"`
+}
+
+// Machine configures the per-job machines.
+type Machine struct {
+	Mode    string `yaml:"mode"`
+	Storage string `yaml:"storage"`
+	// Seccomp keeps systemd-nspawn's system call filter on.
+	Seccomp bool `yaml:"seccomp"`
+	// CPUWeight is the cgroup v2 cpu.weight (1-10000).
+	CPUWeight int `yaml:"cpu_weight"`
+	// MemoryHigh and MemoryMax are bytes ("2G") or a share of host RAM ("30%").
+	MemoryHigh Size `yaml:"memory_high"`
+	MemoryMax  Size `yaml:"memory_max"`
+	// TasksMax limits the processes of one machine; 0 means no limit.
+	TasksMax int `yaml:"tasks_max"`
+	// Shell runs the job scripts inside the machine.
+	Shell string `yaml:"shell"`
+	// ReadyTimeout bounds how long prepare waits for the machine.
+	ReadyTimeout Duration `yaml:"ready_timeout"`
+	// StopTimeout bounds the graceful shutdown in cleanup before the
+	// machine's cgroup is killed.
+	StopTimeout Duration `yaml:"stop_timeout"`
+}
+
+// GitLab configures the GitLab integration.
+type GitLab struct {
+	// CacheDir is the host directory holding one local cache per project.
+	CacheDir string `yaml:"cache_dir"`
+	// BuildsDir, when set, keeps a persistent builds directory per project
+	// on the host; empty means builds are ephemeral inside the machine.
+	BuildsDir string `yaml:"builds_dir"`
+	// RunnerBinary is the gitlab-runner binary bind-mounted into machines;
+	// empty means the one on PATH.
+	RunnerBinary string `yaml:"runner_binary"`
+}
+
+// Default returns the configuration used when there is no file.
+func Default() Config {
+	return Config{
+		Root:      DefaultRoot,
+		RunDir:    DefaultRunDir,
+		Bootstrap: Bootstrap{Suite: DefaultSuite},
+		Machine: Machine{
+			Mode:         ModeBoot,
+			Storage:      StorageAuto,
+			Seccomp:      true,
+			CPUWeight:    50,
+			MemoryHigh:   Size{Percent: 30},
+			MemoryMax:    Size{Percent: 40},
+			Shell:        "bash",
+			ReadyTimeout: Duration(60 * time.Second),
+			StopTimeout:  Duration(10 * time.Second),
+		},
+		GitLab: GitLab{CacheDir: "/var/cache/nspawn-runner"},
+	}
+}
+
+// Playbooks returns the playbook directories in search order.
+func (c *Config) Playbooks() []string {
+	if len(c.PlaybookDirs) > 0 {
+		return c.PlaybookDirs
+	}
+	return []string{DefaultPlaybookDir, c.Root}
+}
+
+// Load reads path over the defaults. A missing file means the defaults when
+// mustExist is false (the default path) and an error otherwise (--config).
+func Load(path string, mustExist bool) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) && !mustExist {
+			return Default(), nil
+		}
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes a configuration over the defaults and validates it.
+func Parse(data []byte) (Config, error) {
+	c := Default()
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return Config{}, cleanYAMLError(err)
+	}
+	if len(bytes.TrimSpace(data)) == 0 || len(root.Content) == 0 {
+		return c, nil
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, cleanYAMLError(err)
+	}
+	if err := c.validate(&root); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+func cleanYAMLError(err error) error {
+	msg := err.Error()
+	msg = strings.TrimPrefix(msg, "yaml: unmarshal errors:\n")
+	msg = strings.TrimPrefix(msg, "yaml: ")
+	msg = strings.TrimSpace(msg)
+	msg = strings.ReplaceAll(msg, "\n  ", "; ")
+	msg = strings.ReplaceAll(msg, " in type config.Config", "")
+	for _, t := range []string{"Bootstrap", "Machine", "GitLab"} {
+		msg = strings.ReplaceAll(msg, " in type config."+t, " in "+strings.ToLower(t))
+	}
+	return errors.New(msg)
+}
+
+// fieldError names the key and its line.
+func fieldError(root *yaml.Node, key string, format string, args ...any) error {
+	line := lineOf(root, key)
+	msg := fmt.Sprintf(format, args...)
+	if line > 0 {
+		return fmt.Errorf("line %d: %s: %s", line, key, msg)
+	}
+	return fmt.Errorf("%s: %s", key, msg)
+}
+
+// lineOf finds the line of a dotted key ("machine.mode") in a document.
+func lineOf(root *yaml.Node, key string) int {
+	n := root
+	if n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	line := 0
+	for _, part := range strings.Split(key, ".") {
+		if n == nil || n.Kind != yaml.MappingNode {
+			return line
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == part {
+				line = n.Content[i].Line
+				next = n.Content[i+1]
+				break
+			}
+		}
+		if next == nil {
+			return line
+		}
+		n = next
+	}
+	return line
+}
+
+func (c *Config) validate(root *yaml.Node) error {
+	abs := func(key, p string, empty bool) error {
+		if p == "" && empty {
+			return nil
+		}
+		if !filepath.IsAbs(p) {
+			return fieldError(root, key, "must be an absolute path, got %q", p)
+		}
+		return nil
+	}
+	if err := abs("root", c.Root, false); err != nil {
+		return err
+	}
+	if err := abs("run_dir", c.RunDir, false); err != nil {
+		return err
+	}
+	for _, d := range c.PlaybookDirs {
+		if err := abs("playbook_dirs", d, false); err != nil {
+			return err
+		}
+	}
+	if err := abs("gitlab.cache_dir", c.GitLab.CacheDir, true); err != nil {
+		return err
+	}
+	if err := abs("gitlab.builds_dir", c.GitLab.BuildsDir, true); err != nil {
+		return err
+	}
+	if err := abs("gitlab.runner_binary", c.GitLab.RunnerBinary, true); err != nil {
+		return err
+	}
+	if c.DefaultImage != "" {
+		if err := CheckImageName(c.DefaultImage); err != nil {
+			return fieldError(root, "default_image", "%v", err)
+		}
+	}
+	for _, n := range c.AllowedImages {
+		if err := CheckImageName(n); err != nil {
+			return fieldError(root, "allowed_images", "%v", err)
+		}
+	}
+	if c.Bootstrap.Suite == "" || strings.ContainsAny(c.Bootstrap.Suite, "/ \t\n") {
+		return fieldError(root, "bootstrap.suite", "must be a Debian suite name like bookworm, got %q", c.Bootstrap.Suite)
+	}
+	for _, p := range c.Bootstrap.Packages {
+		if !validPackage(p) {
+			return fieldError(root, "bootstrap.packages", "invalid Debian package name %q", p)
+		}
+	}
+	m := &c.Machine
+	switch m.Mode {
+	case ModeBoot, ModeFast:
+	default:
+		return fieldError(root, "machine.mode", "must be %q or %q, got %q", ModeBoot, ModeFast, m.Mode)
+	}
+	switch m.Storage {
+	case StorageAuto, StorageBtrfs, StorageOverlay, StorageVolatile:
+	default:
+		return fieldError(root, "machine.storage", "must be one of auto, btrfs, overlay, volatile, got %q", m.Storage)
+	}
+	if m.CPUWeight < 1 || m.CPUWeight > 10000 {
+		return fieldError(root, "machine.cpu_weight", "must be between 1 and 10000, got %d", m.CPUWeight)
+	}
+	if m.TasksMax < 0 {
+		return fieldError(root, "machine.tasks_max", "must be 0 (no limit) or more, got %d", m.TasksMax)
+	}
+	if m.Shell == "" {
+		return fieldError(root, "machine.shell", "must not be empty")
+	}
+	if m.ReadyTimeout <= 0 {
+		return fieldError(root, "machine.ready_timeout", "must be positive")
+	}
+	if m.StopTimeout <= 0 {
+		return fieldError(root, "machine.stop_timeout", "must be positive")
+	}
+	return nil
+}
+
+func validPackage(p string) bool {
+	if len(p) < 2 {
+		return false
+	}
+	for i, r := range p {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+		case i > 0 && (r == '+' || r == '-' || r == '.'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// Size is an amount of memory: bytes, or a percentage of host RAM.
+// The zero Size means no limit.
+type Size struct {
+	Bytes   uint64
+	Percent float64
+}
+
+// IsZero reports whether no limit is set.
+func (s Size) IsZero() bool { return s.Bytes == 0 && s.Percent == 0 }
+
+// Resolve returns the limit in bytes for a host with total bytes of RAM.
+func (s Size) Resolve(total uint64) uint64 {
+	if s.Percent > 0 {
+		return uint64(float64(total) * s.Percent / 100)
+	}
+	return s.Bytes
+}
+
+func (s Size) String() string {
+	switch {
+	case s.Percent > 0:
+		return strconv.FormatFloat(s.Percent, 'f', -1, 64) + "%"
+	case s.Bytes > 0:
+		return strconv.FormatUint(s.Bytes, 10)
+	}
+	return "none"
+}
+
+// ParseSize reads "30%", "2G", "512M", "1073741824", or "none"/"" for no limit.
+func ParseSize(v string) (Size, error) {
+	v = strings.TrimSpace(v)
+	if v == "" || v == "none" || v == "infinity" || v == "0" {
+		return Size{}, nil
+	}
+	if p, ok := strings.CutSuffix(v, "%"); ok {
+		f, err := strconv.ParseFloat(p, 64)
+		if err != nil || f <= 0 || f > 100 {
+			return Size{}, fmt.Errorf("invalid percentage %q: want more than 0%% and at most 100%%", v)
+		}
+		return Size{Percent: f}, nil
+	}
+	mult := uint64(1)
+	num := v
+	if n := len(v); n > 0 {
+		switch v[n-1] {
+		case 'K', 'k':
+			mult, num = 1<<10, v[:n-1]
+		case 'M', 'm':
+			mult, num = 1<<20, v[:n-1]
+		case 'G', 'g':
+			mult, num = 1<<30, v[:n-1]
+		case 'T', 't':
+			mult, num = 1<<40, v[:n-1]
+		}
+	}
+	n, err := strconv.ParseUint(num, 10, 64)
+	if err != nil || n == 0 || n > (1<<63)/mult {
+		return Size{}, fmt.Errorf("invalid size %q: want bytes with an optional K/M/G/T suffix, a percentage of RAM like 30%%, or none", v)
+	}
+	return Size{Bytes: n * mult}, nil
+}
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (s *Size) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: want a size like 2G or 30%%", n.Line)
+	}
+	v, err := ParseSize(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %v", n.Line, err)
+	}
+	*s = v
+	return nil
+}
+
+// Duration is a time.Duration written as "30s" or "2m".
+type Duration time.Duration
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if n.Kind != yaml.ScalarNode || err != nil {
+		return fmt.Errorf("line %d: invalid duration %q: want a Go duration like 30s or 2m", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}

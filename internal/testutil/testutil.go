@@ -1,0 +1,157 @@
+// Package testutil gates tests on root and tools, and builds the throwaway
+// filesystems and the cached base image that root tests run against.
+//
+// Outside CI a test whose requirement is missing is skipped with the reason;
+// in CI (CI=true) the same test fails, so that CI always runs every test.
+package testutil
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// InCI reports whether the tests run in CI, where nothing may be skipped.
+func InCI() bool {
+	v := os.Getenv("CI")
+	return v != "" && v != "0" && v != "false"
+}
+
+func missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	if InCI() {
+		t.Fatalf("%s (CI=true: gated tests must run in CI)", msg)
+	}
+	t.Skip(msg)
+}
+
+// RequireRoot skips (or fails in CI) a test that needs root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		missing(t, "needs root (run the tests as root, e.g. sudo make test)")
+	}
+}
+
+// RequireBinary skips (or fails in CI) a test that needs a program on PATH,
+// and returns its path.
+func RequireBinary(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		missing(t, "needs %s on PATH (apt-get install it; see .ci/run)", name)
+	}
+	return p
+}
+
+// Run runs a command and fails the test with its output if it fails.
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// NewBtrfs makes a sparse file of size bytes, formats it as btrfs, mounts it
+// with a loop device on a fresh directory and returns that directory. The
+// mount, the loop device and the file are removed when the test ends.
+func NewBtrfs(t testing.TB, size int64) string {
+	t.Helper()
+	RequireRoot(t)
+	RequireBinary(t, "mkfs.btrfs")
+	return newLoopFS(t, size, "mkfs.btrfs", "-q")
+}
+
+// NewXFS is NewBtrfs for an xfs filesystem with reflink support.
+func NewXFS(t testing.TB, size int64) string {
+	t.Helper()
+	RequireRoot(t)
+	RequireBinary(t, "mkfs.xfs")
+	return newLoopFS(t, size, "mkfs.xfs", "-q", "-m", "reflink=1")
+}
+
+func newLoopFS(t testing.TB, size int64, mkfs string, mkfsArgs ...string) string {
+	t.Helper()
+	RequireBinary(t, "losetup")
+	dir := t.TempDir()
+	img := filepath.Join(dir, "fs.img")
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	f.Close()
+	Run(t, mkfs, append(mkfsArgs, img)...)
+	loop := strings.TrimSpace(Run(t, "losetup", "--find", "--show", img))
+	t.Cleanup(func() {
+		// Detach even if the test left something mounted inside.
+		if out, err := exec.Command("umount", "-R", "-l", mnt).CombinedOutput(); err != nil && !bytes.Contains(out, []byte("not mounted")) {
+			t.Logf("umount %s: %v: %s", mnt, err, out)
+		}
+		if out, err := exec.Command("losetup", "-d", loop).CombinedOutput(); err != nil {
+			t.Errorf("losetup -d %s: %v: %s", loop, err, out)
+		}
+	})
+	if err := unix.Mount(loop, mnt, fsType(mkfs), 0, ""); err != nil {
+		t.Fatalf("mount %s on %s: %v", loop, mnt, err)
+	}
+	return mnt
+}
+
+func fsType(mkfs string) string { return strings.TrimPrefix(mkfs, "mkfs.") }
+
+// CacheDir is where expensive test artefacts (the debootstrapped image) are
+// kept between runs: $NSPAWN_RUNNER_TEST_CACHE, else
+// /var/cache/nspawn-runner-test. It is outside the repository and outside
+// every path the product itself uses.
+func CacheDir() string {
+	if d := os.Getenv("NSPAWN_RUNNER_TEST_CACHE"); d != "" {
+		return d
+	}
+	return "/var/cache/nspawn-runner-test"
+}
+
+// Lock takes an exclusive flock on path (created if needed) and returns the
+// function that releases it; test binaries of several packages run at once
+// and must not build the same cached artefact twice.
+func Lock(t testing.TB, path string) func() {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Minute)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) || time.Now().After(deadline) {
+			f.Close()
+			t.Fatalf("lock %s: %v", path, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return func() { f.Close() }
+}

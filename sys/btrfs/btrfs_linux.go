@@ -1,0 +1,220 @@
+package btrfs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"unsafe"
+
+	cbtrfs "github.com/containerd/btrfs/v2"
+	"golang.org/x/sys/unix"
+)
+
+// ErrNotBtrfs is returned when a path is not on a btrfs filesystem.
+var ErrNotBtrfs = errors.New("not on a btrfs filesystem")
+
+// ErrNotSubvolume is returned when a path on btrfs is not a subvolume root.
+var ErrNotSubvolume = errors.New("not a btrfs subvolume")
+
+// btrfsFirstFreeObjectID is BTRFS_FIRST_FREE_OBJECTID: the inode number of
+// every subvolume's root directory (linux/include/uapi/linux/btrfs_tree.h).
+const btrfsFirstFreeObjectID = 256
+
+// subvolReadOnly is BTRFS_SUBVOL_RDONLY (linux/include/uapi/linux/btrfs.h).
+const subvolReadOnly = 1 << 1
+
+// ioctl numbers from linux/include/uapi/linux/btrfs.h:
+// _IOR(BTRFS_IOCTL_MAGIC, 25, __u64) and _IOW(BTRFS_IOCTL_MAGIC, 26, __u64).
+const (
+	iocSubvolGetFlags = 0x80089419
+	iocSubvolSetFlags = 0x4008941a
+	// BTRFS_IOC_WAIT_SYNC: _IOW(BTRFS_IOCTL_MAGIC, 22, __u64)
+	iocWaitSync = 0x40089416
+	// BTRFS_IOC_START_SYNC: _IOR(BTRFS_IOCTL_MAGIC, 24, __u64)
+	iocStartSync = 0x80089418
+)
+
+// IsBtrfs reports whether path lies on a btrfs filesystem.
+func IsBtrfs(path string) (bool, error) {
+	var st unix.Statfs_t
+	if err := statfs(path, &st); err != nil {
+		return false, fmt.Errorf("statfs %s: %w", path, err)
+	}
+	return st.Type == unix.BTRFS_SUPER_MAGIC, nil
+}
+
+func statfs(path string, st *unix.Statfs_t) error {
+	for {
+		err := unix.Statfs(path, st)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// IsSubvolume reports whether path is the root of a btrfs subvolume. It
+// returns ErrNotBtrfs when path is not on btrfs at all.
+func IsSubvolume(path string) (bool, error) {
+	ok, err := IsBtrfs(path)
+	if err != nil {
+		return false, err
+	}
+	if !ok {
+		return false, fmt.Errorf("%s: %w", path, ErrNotBtrfs)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return false, fmt.Errorf("stat %s: %w", path, err)
+	}
+	return st.Mode&unix.S_IFMT == unix.S_IFDIR && st.Ino == btrfsFirstFreeObjectID, nil
+}
+
+// Create makes a new empty subvolume at path.
+func Create(path string) error {
+	if err := cbtrfs.SubvolCreate(filepath.Clean(path)); err != nil {
+		return fmt.Errorf("create subvolume %s: %w", path, err)
+	}
+	return nil
+}
+
+// SnapshotOption changes how Snapshot works.
+type SnapshotOption int
+
+const (
+	// ReadOnly makes the snapshot read-only.
+	ReadOnly SnapshotOption = 1 << iota
+)
+
+// Snapshot makes dst a snapshot of the subvolume src. Nested subvolumes
+// of src appear as empty directories in dst, as in btrfs-subvolume(8).
+func Snapshot(src, dst string, opts ...SnapshotOption) error {
+	ro := false
+	for _, o := range opts {
+		if o&ReadOnly != 0 {
+			ro = true
+		}
+	}
+	if ok, err := IsSubvolume(src); err != nil {
+		return fmt.Errorf("snapshot %s -> %s: %w", src, dst, err)
+	} else if !ok {
+		return fmt.Errorf("snapshot %s -> %s: %s: %w", src, dst, src, ErrNotSubvolume)
+	}
+	if err := cbtrfs.SubvolSnapshot(filepath.Clean(dst), filepath.Clean(src), ro); err != nil {
+		return fmt.Errorf("snapshot %s -> %s: %w", src, dst, err)
+	}
+	return nil
+}
+
+// DeleteOption changes how Delete works.
+type DeleteOption int
+
+const (
+	// WaitCommit makes Delete wait until the deletion is committed to disk,
+	// like `btrfs subvolume delete --commit-after`.
+	WaitCommit DeleteOption = 1 << iota
+)
+
+// Delete removes the subvolume at path and every subvolume nested in it,
+// deepest first. Read-only subvolumes are made writable first, because
+// the kernel refuses to descend into them otherwise. A path that does not
+// exist is not an error.
+func Delete(path string, opts ...DeleteOption) error {
+	path = filepath.Clean(path)
+	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	ok, err := IsSubvolume(path)
+	if err != nil {
+		return fmt.Errorf("delete subvolume %s: %w", path, err)
+	}
+	if !ok {
+		return fmt.Errorf("delete subvolume %s: %w", path, ErrNotSubvolume)
+	}
+	// Nested subvolumes of a read-only subvolume cannot be removed until
+	// the parent is writable again.
+	if ro, err := IsReadOnly(path); err == nil && ro {
+		if err := SetReadOnly(path, false); err != nil {
+			return fmt.Errorf("delete subvolume %s: %w", path, err)
+		}
+	}
+	if err := cbtrfs.SubvolDelete(path); err != nil {
+		return fmt.Errorf("delete subvolume %s: %w", path, err)
+	}
+	for _, o := range opts {
+		if o&WaitCommit != 0 {
+			if err := Sync(filepath.Dir(path)); err != nil {
+				return fmt.Errorf("delete subvolume %s: %w", path, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Sync starts a transaction commit on the filesystem holding path and waits
+// for it (BTRFS_IOC_START_SYNC + BTRFS_IOC_WAIT_SYNC).
+func Sync(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	defer f.Close()
+	var transid uint64
+	if err := ioctl(f.Fd(), iocStartSync, uintptr(unsafe.Pointer(&transid))); err != nil {
+		return fmt.Errorf("sync %s: start: %w", path, err)
+	}
+	if err := ioctl(f.Fd(), iocWaitSync, uintptr(unsafe.Pointer(&transid))); err != nil {
+		return fmt.Errorf("sync %s: wait: %w", path, err)
+	}
+	return nil
+}
+
+// IsReadOnly reports whether the subvolume at path is read-only.
+func IsReadOnly(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, fmt.Errorf("get subvolume flags %s: %w", path, err)
+	}
+	defer f.Close()
+	var flags uint64
+	if err := ioctl(f.Fd(), iocSubvolGetFlags, uintptr(unsafe.Pointer(&flags))); err != nil {
+		return false, fmt.Errorf("get subvolume flags %s: %w", path, err)
+	}
+	return flags&subvolReadOnly != 0, nil
+}
+
+// SetReadOnly sets or clears the read-only flag of the subvolume at path.
+func SetReadOnly(path string, ro bool) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("set subvolume flags %s: %w", path, err)
+	}
+	defer f.Close()
+	var flags uint64
+	if err := ioctl(f.Fd(), iocSubvolGetFlags, uintptr(unsafe.Pointer(&flags))); err != nil {
+		return fmt.Errorf("set subvolume flags %s: %w", path, err)
+	}
+	if ro {
+		flags |= subvolReadOnly
+	} else {
+		flags &^= subvolReadOnly
+	}
+	if err := ioctl(f.Fd(), iocSubvolSetFlags, uintptr(unsafe.Pointer(&flags))); err != nil {
+		return fmt.Errorf("set subvolume flags %s: %w", path, err)
+	}
+	return nil
+}
+
+func ioctl(fd, req, arg uintptr) error {
+	for {
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, fd, req, arg)
+		switch errno {
+		case 0:
+			return nil
+		case unix.EINTR:
+			continue
+		default:
+			return errno
+		}
+	}
+}

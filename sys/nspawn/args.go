@@ -1,0 +1,180 @@
+package nspawn
+
+import (
+	"os"
+	"strconv"
+)
+
+// Bind is a --bind or --bind-ro of a host path into the machine.
+type Bind struct {
+	Host     string
+	Machine  string
+	ReadOnly bool
+}
+
+// Spec describes one systemd-nspawn invocation. Args turns it into argv.
+type Spec struct {
+	// Directory is the machine's root tree (-D).
+	Directory string
+	// Machine is the machine name (--machine).
+	Machine string
+	// Boot runs the image's init as PID 1 (--boot).
+	Boot bool
+	// Ephemeral runs on a throwaway snapshot of Directory (--ephemeral).
+	Ephemeral bool
+	// Volatile is --volatile= ("overlay", "yes", "state"); empty for none.
+	Volatile string
+	// ReadOnly mounts the root read-only (--read-only).
+	ReadOnly bool
+	// Overlay is --overlay=lower:upper:/ for a root overlay; empty for none.
+	Overlay string
+	// NoRegister adds --register=no --keep-unit: needed without a system
+	// bus (systemd-nspawn otherwise fails to open it).
+	NoRegister bool
+	// KeepUnit adds --keep-unit alone (the caller made the cgroup).
+	KeepUnit bool
+	// NotifyReady adds --notify-ready=yes.
+	NotifyReady bool
+	// AsPID2 runs the command as PID 2 under a stub init (--as-pid2).
+	AsPID2 bool
+	// Quiet adds --quiet.
+	Quiet bool
+	// SuppressSync adds --suppress-sync=yes (systemd 250 and later).
+	SuppressSync bool
+	// Console is --console= ("interactive", "read-only", "passive", "pipe").
+	Console string
+	// ResolvConf is --resolv-conf= (e.g. "copy-host"); empty leaves the default.
+	ResolvConf string
+	// LinkJournal is --link-journal= (e.g. "no"); empty leaves the default.
+	LinkJournal string
+	// Binds are bind mounts into the machine.
+	Binds []Bind
+	// Env is --setenv=KEY=VALUE for the machine's init or command.
+	Env []string
+	// Properties are --property= values for the machine's scope.
+	Properties []string
+	// Slice is --slice= for the machine's scope.
+	Slice string
+	// Command is the command to run (or init arguments with Boot).
+	Command []string
+}
+
+// Args returns the systemd-nspawn argv (without the program name).
+func Args(s Spec) []string {
+	var a []string
+	add := func(v ...string) { a = append(a, v...) }
+	if s.Quiet {
+		add("--quiet")
+	}
+	if s.Directory != "" {
+		add("--directory=" + s.Directory)
+	}
+	if s.Machine != "" {
+		add("--machine=" + s.Machine)
+	}
+	if s.Boot {
+		add("--boot")
+	}
+	if s.AsPID2 {
+		add("--as-pid2")
+	}
+	if s.Ephemeral {
+		add("--ephemeral")
+	}
+	if s.Volatile != "" {
+		add("--volatile=" + s.Volatile)
+	}
+	if s.ReadOnly {
+		add("--read-only")
+	}
+	if s.Overlay != "" {
+		add("--overlay=" + s.Overlay)
+	}
+	if s.NoRegister {
+		add("--register=no", "--keep-unit")
+	} else if s.KeepUnit {
+		add("--keep-unit")
+	}
+	if s.NotifyReady {
+		add("--notify-ready=yes")
+	}
+	if s.SuppressSync {
+		add("--suppress-sync=yes")
+	}
+	if s.Console != "" {
+		add("--console=" + s.Console)
+	}
+	if s.ResolvConf != "" {
+		add("--resolv-conf=" + s.ResolvConf)
+	}
+	if s.LinkJournal != "" {
+		add("--link-journal=" + s.LinkJournal)
+	}
+	if s.Slice != "" {
+		add("--slice=" + s.Slice)
+	}
+	for _, p := range s.Properties {
+		add("--property=" + p)
+	}
+	for _, b := range s.Binds {
+		flag := "--bind="
+		if b.ReadOnly {
+			flag = "--bind-ro="
+		}
+		add(flag + escapeColon(b.Host) + ":" + escapeColon(b.Machine))
+	}
+	for _, e := range s.Env {
+		add("--setenv=" + e)
+	}
+	if len(s.Command) > 0 {
+		add("--")
+		add(s.Command...)
+	}
+	return a
+}
+
+// escapeColon escapes ':' and '\' in a bind path, as systemd-nspawn(1)
+// documents for --bind ("Backslash escapes are interpreted").
+func escapeColon(p string) string {
+	out := make([]byte, 0, len(p))
+	for i := 0; i < len(p); i++ {
+		if p[i] == ':' || p[i] == '\\' {
+			out = append(out, '\\')
+		}
+		out = append(out, p[i])
+	}
+	return string(out)
+}
+
+// HasSystemd reports whether the host runs systemd as its init, the test
+// sd_booted(3) documents: /run/systemd/system exists. Without it (or
+// without a system bus) systemd-nspawn needs --register=no --keep-unit.
+func HasSystemd() bool {
+	fi, err := os.Stat("/run/systemd/system")
+	return err == nil && fi.IsDir()
+}
+
+// HasSystemBus reports whether the system D-Bus socket exists.
+func HasSystemBus() bool {
+	_, err := os.Stat("/run/dbus/system_bus_socket")
+	return err == nil
+}
+
+// ParseVersion returns systemd-nspawn's major version from its --version output
+// ("systemd 252 (252.38-1~deb12u1)"), or 0 when it cannot be read.
+func ParseVersion(out string) int {
+	const prefix = "systemd "
+	if len(out) < len(prefix) || out[:len(prefix)] != prefix {
+		return 0
+	}
+	rest := out[len(prefix):]
+	end := 0
+	for end < len(rest) && rest[end] >= '0' && rest[end] <= '9' {
+		end++
+	}
+	n, err := strconv.Atoi(rest[:end])
+	if err != nil {
+		return 0
+	}
+	return n
+}
