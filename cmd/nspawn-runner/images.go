@@ -13,7 +13,6 @@ func registerImages(app *kingpin.Application, g *globals, cmds commands) {
 		{"chroot-login", "Enter a base image for maintenance, or run one command in it."},
 		{"chroot-list", "List base images."},
 		{"chroot-remove", "Remove a base image."},
-		{"chroot-maintenance", "Create, recreate and provision base images from their playbooks."},
 		{"setup", "Prepare the root directory (optionally on a loopback btrfs file)."},
 	} {
 		app.Command(c.name, c.help)

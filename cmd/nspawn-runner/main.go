@@ -89,6 +89,7 @@ func newApp(g *globals) (*kingpin.Application, commands) {
 	cmds := commands{}
 	registerImages(app, g, cmds)
 	registerJobs(app, g, cmds)
+	registerMaintenance(app, g, cmds)
 	registerGitLab(app, g, cmds)
 	return app, cmds
 }
