@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -177,6 +178,13 @@ func Parse(data []byte) (Config, error) {
 	return c, nil
 }
 
+var (
+	reUnknown   = regexp.MustCompile(`field (\S+) not found( in (\w+))?`)
+	reUnmarshal = regexp.MustCompile("cannot unmarshal !!(\\w+) `([^`]*)` into (\\w+)")
+	reKind      = regexp.MustCompile(`cannot unmarshal !!(\w+) into [\w.]+`)
+)
+
+// cleanYAMLError turns yaml.v3's messages into one line an admin can act on.
 func cleanYAMLError(err error) error {
 	msg := err.Error()
 	msg = strings.TrimPrefix(msg, "yaml: unmarshal errors:\n")
@@ -187,6 +195,11 @@ func cleanYAMLError(err error) error {
 	for _, t := range []string{"Bootstrap", "Machine", "GitLab"} {
 		msg = strings.ReplaceAll(msg, " in type config."+t, " in "+strings.ToLower(t))
 	}
+	msg = reUnknown.ReplaceAllString(msg, "unknown key $1$2")
+	msg = reUnmarshal.ReplaceAllString(msg, "value $2 is not a valid $3")
+	msg = reKind.ReplaceAllString(msg, "unexpected $1 here")
+	msg = strings.NewReplacer("unexpected seq", "unexpected list", "unexpected map", "unexpected mapping",
+		"valid int", "valid number", "valid bool", "valid boolean (true or false)").Replace(msg)
 	return errors.New(msg)
 }
 

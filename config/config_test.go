@@ -1,0 +1,191 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseDefaults(t *testing.T) {
+	for _, in := range []string{"", "\n", "# only a comment\n"} {
+		c, err := Parse([]byte(in))
+		if err != nil {
+			t.Fatalf("Parse(%q) = %v", in, err)
+		}
+		d := Default()
+		if c.Root != d.Root || c.Machine.CPUWeight != 50 || c.Machine.MemoryHigh.Percent != 30 || c.Machine.MemoryMax.Percent != 40 {
+			t.Errorf("Parse(%q) = %+v, want the defaults", in, c)
+		}
+	}
+}
+
+func TestParseValues(t *testing.T) {
+	c, err := Parse([]byte(`
+root: /srv/images
+run_dir: /run/nr
+default_image: bookworm
+allowed_images: [bookworm, sid]
+bootstrap:
+  suite: trixie
+  mirror: http://mirror.example/debian
+  packages: [build-essential, g++]
+machine:
+  mode: fast
+  storage: overlay
+  seccomp: false
+  cpu_weight: 200
+  memory_high: 2G
+  memory_max: 50%
+  tasks_max: 4096
+  shell: sh
+  ready_timeout: 2m
+  stop_timeout: 3s
+gitlab:
+  cache_dir: /srv/cache
+  builds_dir: /srv/builds
+  runner_binary: /usr/bin/gitlab-runner
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Root != "/srv/images" || c.RunDir != "/run/nr" || c.DefaultImage != "bookworm" || len(c.AllowedImages) != 2 {
+		t.Errorf("top level = %+v", c)
+	}
+	if c.Bootstrap.Suite != "trixie" || c.Bootstrap.Mirror == "" || len(c.Bootstrap.Packages) != 2 {
+		t.Errorf("bootstrap = %+v", c.Bootstrap)
+	}
+	m := c.Machine
+	if m.Mode != ModeFast || m.Storage != StorageOverlay || m.Seccomp || m.CPUWeight != 200 || m.TasksMax != 4096 || m.Shell != "sh" {
+		t.Errorf("machine = %+v", m)
+	}
+	if m.MemoryHigh.Bytes != 2<<30 || m.MemoryMax.Percent != 50 {
+		t.Errorf("memory = %v, %v", m.MemoryHigh, m.MemoryMax)
+	}
+	if m.ReadyTimeout.D() != 2*time.Minute || m.StopTimeout.D() != 3*time.Second {
+		t.Errorf("timeouts = %v, %v", m.ReadyTimeout.D(), m.StopTimeout.D())
+	}
+	if c.GitLab.CacheDir != "/srv/cache" || c.GitLab.BuildsDir != "/srv/builds" || c.GitLab.RunnerBinary != "/usr/bin/gitlab-runner" {
+		t.Errorf("gitlab = %+v", c.GitLab)
+	}
+	if got := c.Playbooks(); len(got) != 2 || got[0] != DefaultPlaybookDir || got[1] != "/srv/images" {
+		t.Errorf("Playbooks() = %v", got)
+	}
+}
+
+// Every bad input names the key (or the unknown field) and its line.
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []string
+	}{
+		{"rooot: /x\n", []string{"line 1", "rooot"}},
+		{"machine:\n  mode: boot\n  colour: red\n", []string{"line 3", "colour"}},
+		{"machine:\n  mode: turbo\n", []string{"line 2", "machine.mode", "turbo"}},
+		{"machine:\n  storage: zfs\n", []string{"line 2", "machine.storage"}},
+		{"machine:\n  cpu_weight: 0\n", []string{"line 2", "machine.cpu_weight"}},
+		{"machine:\n  cpu_weight: lots\n", []string{"line 2", "lots"}},
+		{"machine:\n\n  memory_max: 3x\n", []string{"line 3", "3x"}},
+		{"machine:\n  memory_high: 120%\n", []string{"line 2", "120%"}},
+		{"machine:\n  ready_timeout: soon\n", []string{"line 2", "soon"}},
+		{"machine:\n  stop_timeout: -1s\n", []string{"line 2", "machine.stop_timeout"}},
+		{"machine:\n  tasks_max: -4\n", []string{"line 2", "machine.tasks_max"}},
+		{"machine:\n  shell: \"\"\n", []string{"line 2", "machine.shell"}},
+		{"root: relative/dir\n", []string{"line 1", "root", "absolute"}},
+		{"run_dir: run\n", []string{"line 1", "run_dir"}},
+		{"gitlab:\n  cache_dir: cache\n", []string{"line 2", "gitlab.cache_dir"}},
+		{"default_image: ../../etc\n", []string{"line 1", "default_image", ImageNameRule}},
+		{"allowed_images: [ok, .hidden]\n", []string{"line 1", "allowed_images"}},
+		{"bootstrap:\n  suite: a/b\n", []string{"line 2", "bootstrap.suite"}},
+		{"bootstrap:\n  packages: [git, 'rm -rf']\n", []string{"line 2", "bootstrap.packages"}},
+		{"root: [1, 2]\n", []string{"line 1"}},
+		{"- a\n- b\n", []string{"line 1"}},
+		{"machine: {mode: boot\n", []string{"line"}},
+	} {
+		_, err := Parse([]byte(tc.in))
+		if err == nil {
+			t.Errorf("Parse(%q) = nil error, want one naming %v", tc.in, tc.want)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("Parse(%q) = %q, want it to mention %q", tc.in, err, w)
+			}
+		}
+		if strings.Contains(err.Error(), "\n") {
+			t.Errorf("Parse(%q) error spans lines: %q", tc.in, err)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Size
+		ok   bool
+	}{
+		{"30%", Size{Percent: 30}, true},
+		{"12.5%", Size{Percent: 12.5}, true},
+		{"2G", Size{Bytes: 2 << 30}, true},
+		{"512m", Size{Bytes: 512 << 20}, true},
+		{"1024", Size{Bytes: 1024}, true},
+		{"none", Size{}, true},
+		{"", Size{}, true},
+		{"0%", Size{}, false},
+		{"101%", Size{}, false},
+		{"-1", Size{}, false},
+		{"1.5G", Size{}, false},
+		{"G", Size{}, false},
+		{"99999999999T", Size{}, false},
+	} {
+		got, err := ParseSize(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("ParseSize(%q) = %v, %v; want %v, ok=%v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+	if got := (Size{Percent: 40}).Resolve(1000); got != 400 {
+		t.Errorf("Resolve(40%% of 1000) = %d, want 400", got)
+	}
+	if got := (Size{Bytes: 7}).Resolve(1000); got != 7 {
+		t.Errorf("Resolve(7 bytes) = %d, want 7", got)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "none.yaml")
+	if c, err := Load(missing, false); err != nil || c.Root != DefaultRoot {
+		t.Errorf("Load(missing default) = %+v, %v; want defaults", c.Root, err)
+	}
+	if _, err := Load(missing, true); err == nil {
+		t.Errorf("Load(missing --config) = nil error, want one")
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("machine:\n  mode: x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(bad, true)
+	if err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "line 2") {
+		t.Errorf("Load(bad) = %v, want the path and line", err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("root: /x\nmachine:\n  mode: fast\n  memory_max: 2G\n"))
+	f.Add([]byte("machine: {cpu_weight: 3}"))
+	f.Add([]byte("allowed_images: [a, b]"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data)
+		if err != nil {
+			return
+		}
+		// Whatever parses must be valid.
+		if c.Machine.CPUWeight < 1 || c.Machine.CPUWeight > 10000 || !filepath.IsAbs(c.Root) {
+			t.Errorf("Parse(%q) accepted an invalid config: %+v", data, c)
+		}
+		if c.DefaultImage != "" && CheckImageName(c.DefaultImage) != nil {
+			t.Errorf("Parse(%q) accepted default_image %q", data, c.DefaultImage)
+		}
+	})
+}
