@@ -1,0 +1,28 @@
+package bootstrap
+
+import (
+	"context"
+	"io"
+)
+
+// CreateOptions says how to build a new image.
+type CreateOptions struct {
+	// Suite is the Debian suite (bookworm, trixie, sid...). Required.
+	Suite string
+	// Mirror is debootstrap's MIRROR argument; empty means its default.
+	Mirror string
+	// Packages are installed in addition to config.BasePackages.
+	Packages []string
+	// Progress receives one line per debootstrap phase; nil for none.
+	Progress io.Writer
+	// Interactive redraws a live single-line display on Progress (a
+	// terminal) as packages are retrieved, unpacked and configured.
+	Interactive bool
+}
+
+// Create builds image name with debootstrap in a workspace and installs it
+// only when debootstrap succeeded: a failed, cancelled or killed create
+// leaves no image. Creating an image that exists fails with ErrExists.
+func (s *Store) Create(ctx context.Context, name string, o CreateOptions) error {
+	return s.create(ctx, name, o)
+}
