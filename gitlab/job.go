@@ -1,0 +1,233 @@
+package gitlab
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Job is the identity of one CI job as gitlab-runner vouches for it.
+type Job struct {
+	// ID is the job id: decimal digits from the runner, or a harness's
+	// --id ([A-Za-z0-9_-]{1,64}).
+	ID string
+	// ProjectID is the project id from the job payload, when present.
+	ProjectID string
+	// Key tells this job apart from any other job with the same id running
+	// at the same time (another GitLab instance, another runner): a hash of
+	// the id and what every stage of this job shares but no other job does.
+	// Every stage of one job computes the same Key.
+	Key string
+	// Source says where ID came from: "job-response-file", "flag" or "env".
+	Source string
+}
+
+// ErrNoJobID is returned when no stage input names the job.
+var ErrNoJobID = errors.New("no job id: JOB_RESPONSE_FILE, --id and CUSTOM_ENV_CI_JOB_ID are all missing")
+
+// JobFromEnv works out the job identity of the current stage. The id comes
+// from the runner's JOB_RESPONSE_FILE (its top-level "id" is trusted), else
+// from idFlag (harnesses), else from CUSTOM_ENV_CI_JOB_ID, the only one a
+// job could influence, used as the last fallback. Ids that are not decimal
+// digits (or, for idFlag, [A-Za-z0-9_-]{1,64}) are refused.
+func JobFromEnv(getenv func(string) string, idFlag string) (Job, error) {
+	var j Job
+	respFile := getenv("JOB_RESPONSE_FILE")
+	switch {
+	case idFlag != "":
+		if err := checkFlagID(idFlag); err != nil {
+			return Job{}, err
+		}
+		j.ID, j.Source = idFlag, "flag"
+		if respFile != "" {
+			if r, err := readJobResponse(respFile); err == nil {
+				j.ProjectID = r.projectID
+			}
+		}
+	case respFile != "":
+		r, err := readJobResponse(respFile)
+		if err != nil {
+			return Job{}, err
+		}
+		j.ID, j.ProjectID, j.Source = r.id, r.projectID, "job-response-file"
+	case getenv("CUSTOM_ENV_CI_JOB_ID") != "":
+		id := getenv("CUSTOM_ENV_CI_JOB_ID")
+		if !digits(id) {
+			return Job{}, fmt.Errorf("invalid CUSTOM_ENV_CI_JOB_ID %q: want decimal digits", clip(id))
+		}
+		j.ID, j.Source = id, "env"
+	default:
+		return Job{}, ErrNoJobID
+	}
+	if j.ProjectID == "" {
+		if p := getenv("CUSTOM_ENV_CI_PROJECT_ID"); digits(p) {
+			j.ProjectID = p
+		}
+	}
+	j.Key = jobKey(j.ID, respFile, getenv)
+	return j, nil
+}
+
+// jobKey hashes the id with what is constant across the stages of one job
+// and differs between jobs: the per-job JOB_RESPONSE_FILE path (gitlab-runner
+// gives each job its own temporary directory), the GitLab instance, the
+// runner and the project.
+func jobKey(id, respFile string, getenv func(string) string) string {
+	h := sha256.New()
+	dir := ""
+	if respFile != "" {
+		dir, _ = filepath.Abs(respFile)
+	}
+	for _, v := range []string{
+		id, dir,
+		getenv("CUSTOM_ENV_CI_SERVER_URL"),
+		getenv("CUSTOM_ENV_CI_RUNNER_ID"),
+		getenv("CUSTOM_ENV_CI_PROJECT_ID"),
+	} {
+		// Length-prefixed so that no two different tuples hash alike.
+		fmt.Fprintf(h, "%d:%s\n", len(v), v)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+type jobResponse struct {
+	id, projectID string
+}
+
+// maxJobResponse bounds what is read of JOB_RESPONSE_FILE: the payload
+// carries variables and steps, rarely more than a few hundred KiB.
+const maxJobResponse = 64 << 20
+
+func readJobResponse(path string) (jobResponse, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return jobResponse{}, fmt.Errorf("read JOB_RESPONSE_FILE: %w", err)
+	}
+	defer f.Close()
+	r, err := parseJobResponse(&limitedReader{r: f, n: maxJobResponse})
+	if err != nil {
+		return jobResponse{}, fmt.Errorf("JOB_RESPONSE_FILE %s: %w", path, err)
+	}
+	return r, nil
+}
+
+// parseJobResponse reads the job payload's top-level "id" and, when
+// present, "job_info.project_id".
+func parseJobResponse(rd io.Reader) (jobResponse, error) {
+	var raw struct {
+		ID      json.RawMessage `json:"id"`
+		JobInfo struct {
+			ProjectID json.RawMessage `json:"project_id"`
+		} `json:"job_info"`
+	}
+	if err := json.NewDecoder(rd).Decode(&raw); err != nil {
+		return jobResponse{}, fmt.Errorf("parse: %w", err)
+	}
+	id, ok := jsonID(raw.ID)
+	if !ok {
+		return jobResponse{}, fmt.Errorf("top-level \"id\" is %q, want a positive integer", clip(string(raw.ID)))
+	}
+	r := jobResponse{id: id}
+	if p, ok := jsonID(raw.JobInfo.ProjectID); ok {
+		r.projectID = p
+	}
+	return r, nil
+}
+
+// jsonID accepts a JSON number or string of decimal digits (at most 20, so
+// it fits a uint64 and a machine name).
+func jsonID(m json.RawMessage) (string, bool) {
+	s := strings.TrimSpace(string(m))
+	if u, err := strconv.Unquote(s); err == nil {
+		s = u
+	}
+	if !digits(s) || len(s) > 20 {
+		return "", false
+	}
+	return s, true
+}
+
+func digits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func checkFlagID(id string) error {
+	if id == "" || len(id) > 64 {
+		return fmt.Errorf("invalid --id %q: want 1 to 64 characters of [A-Za-z0-9_-]", clip(id))
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return fmt.Errorf("invalid --id %q: want 1 to 64 characters of [A-Za-z0-9_-]", clip(id))
+		}
+	}
+	return nil
+}
+
+// clip shortens hostile input before it goes into an error message.
+func clip(s string) string {
+	if len(s) > 70 {
+		return s[:70] + "..."
+	}
+	return s
+}
+
+// ImageFromEnv maps the job's image: to an image name as the original tool
+// did: the last path component of CUSTOM_ENV_CI_JOB_IMAGE with its tag
+// kept ("registry.example/group/base:unstable" selects "unstable",
+// "bookworm" selects "bookworm"). It returns "" when the job names no
+// image. The result is user input: callers validate it.
+func ImageFromEnv(getenv func(string) string) string {
+	return MapImage(getenv("CUSTOM_ENV_CI_JOB_IMAGE"))
+}
+
+// MapImage is the mapping of ImageFromEnv on one value.
+func MapImage(image string) string {
+	image = strings.TrimSpace(image)
+	if image == "" {
+		return ""
+	}
+	if i := strings.LastIndexByte(image, '/'); i >= 0 {
+		image = image[i+1:]
+	}
+	// "name:tag" selects the tag, as the original did; a bare name selects
+	// itself. A digest ("name@sha256:...") is not an image name we have.
+	if i := strings.LastIndexByte(image, ':'); i >= 0 {
+		image = image[i+1:]
+	}
+	return image
+}
+
+// limitedReader stops at n bytes with an error rather than a silent EOF,
+// so an oversized payload is refused instead of half-parsed.
+type limitedReader struct {
+	r io.Reader
+	n int64
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errors.New("JOB_RESPONSE_FILE larger than 64 MiB")
+	}
+	if int64(len(p)) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= int64(n)
+	return n, err
+}

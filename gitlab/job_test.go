@@ -1,0 +1,144 @@
+package gitlab
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func envOf(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func writeResp(t *testing.T, dir, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, "response.json")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestJobFromEnv(t *testing.T) {
+	dir := t.TempDir()
+	resp := writeResp(t, dir, `{"id": 4711, "token": "x", "job_info": {"project_id": 12, "name": "build"}}`)
+	for _, tc := range []struct {
+		name    string
+		env     map[string]string
+		flag    string
+		wantID  string
+		wantPID string
+		wantSrc string
+		wantErr string
+	}{
+		{"response file", map[string]string{"JOB_RESPONSE_FILE": resp, "CUSTOM_ENV_CI_JOB_ID": "99"}, "", "4711", "12", "job-response-file", ""},
+		{"flag wins", map[string]string{"JOB_RESPONSE_FILE": resp}, "harness-1_a", "harness-1_a", "12", "flag", ""},
+		{"env fallback", map[string]string{"CUSTOM_ENV_CI_JOB_ID": "99", "CUSTOM_ENV_CI_PROJECT_ID": "5"}, "", "99", "5", "env", ""},
+		{"nothing", map[string]string{}, "", "", "", "", "no job id"},
+		{"hostile env id", map[string]string{"CUSTOM_ENV_CI_JOB_ID": "1;rm -rf /"}, "", "", "", "", "invalid CUSTOM_ENV_CI_JOB_ID"},
+		{"hostile flag path", nil, "../x", "", "", "", "invalid --id"},
+		{"hostile flag long", nil, strings.Repeat("a", 65), "", "", "", "invalid --id"},
+		{"hostile flag space", nil, "a b", "", "", "", "invalid --id"},
+		{"missing file", map[string]string{"JOB_RESPONSE_FILE": filepath.Join(dir, "nope")}, "", "", "", "", "JOB_RESPONSE_FILE"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j, err := JobFromEnv(envOf(tc.env), tc.flag)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("JobFromEnv() = %+v, %v, want error containing %q", j, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if j.ID != tc.wantID || j.ProjectID != tc.wantPID || j.Source != tc.wantSrc || len(j.Key) != 16 {
+				t.Errorf("JobFromEnv() = %+v, want id %s project %s source %s", j, tc.wantID, tc.wantPID, tc.wantSrc)
+			}
+		})
+	}
+}
+
+func TestParseJobResponse(t *testing.T) {
+	for _, tc := range []struct {
+		body, id, pid string
+		ok            bool
+	}{
+		{`{"id": 1}`, "1", "", true},
+		{`{"id": "123"}`, "123", "", true},
+		{`{"id": 1, "job_info": {"project_id": "x/y"}}`, "1", "", true},
+		{`{"id": -1}`, "", "", false},
+		{`{"id": 1.5}`, "", "", false},
+		{`{"id": "../../etc"}`, "", "", false},
+		{`{"id": null}`, "", "", false},
+		{`{}`, "", "", false},
+		{`[1]`, "", "", false},
+		{`{"id": 123456789012345678901}`, "", "", false},
+	} {
+		r, err := parseJobResponse(strings.NewReader(tc.body))
+		if (err == nil) != tc.ok || r.id != tc.id || r.projectID != tc.pid {
+			t.Errorf("parseJobResponse(%s) = %+v, %v; want id %q project %q ok %v", tc.body, r, err, tc.id, tc.pid, tc.ok)
+		}
+	}
+}
+
+func TestJobKey(t *testing.T) {
+	d1, d2 := t.TempDir(), t.TempDir()
+	r1 := writeResp(t, d1, `{"id": 7}`)
+	r2 := writeResp(t, d2, `{"id": 7}`)
+	key := func(env map[string]string) string {
+		j, err := JobFromEnv(envOf(env), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return j.Key
+	}
+	a := key(map[string]string{"JOB_RESPONSE_FILE": r1, "CUSTOM_ENV_CI_SERVER_URL": "https://a.example"})
+	if b := key(map[string]string{"JOB_RESPONSE_FILE": r1, "CUSTOM_ENV_CI_SERVER_URL": "https://a.example"}); a != b {
+		t.Errorf("two stages of one job: keys %s and %s differ", a, b)
+	}
+	if b := key(map[string]string{"JOB_RESPONSE_FILE": r2, "CUSTOM_ENV_CI_SERVER_URL": "https://a.example"}); a == b {
+		t.Errorf("same id, other job dir: key %s collides", a)
+	}
+	if b := key(map[string]string{"JOB_RESPONSE_FILE": r1, "CUSTOM_ENV_CI_SERVER_URL": "https://b.example"}); a == b {
+		t.Errorf("same id, other instance: key %s collides", a)
+	}
+}
+
+func TestMapImage(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                                     "",
+		"bookworm":                             "bookworm",
+		"registry.example/group/base:unstable": "unstable",
+		"registry.example:5000/group/base":     "base",
+		"debian:bookworm":                      "bookworm",
+		"  trixie ":                            "trixie",
+		"registry.example/group/../../etc:..":  "..",
+		"registry.example/a/b:c/d":             "d",
+	} {
+		if got := MapImage(in); got != want {
+			t.Errorf("MapImage(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func FuzzParseJobResponse(f *testing.F) {
+	f.Add([]byte(`{"id": 1, "job_info": {"project_id": 2}}`))
+	f.Add([]byte(`{"id": "x"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := parseJobResponse(strings.NewReader(string(data)))
+		if err == nil && (!digits(r.id) || len(r.id) > 20) {
+			t.Fatalf("accepted id %q", r.id)
+		}
+	})
+}
+
+func FuzzMapImage(f *testing.F) {
+	f.Add("registry.example/group/base:unstable")
+	f.Fuzz(func(t *testing.T, s string) {
+		if strings.ContainsAny(MapImage(s), "/:") {
+			t.Fatalf("MapImage(%q) = %q keeps a separator", s, MapImage(s))
+		}
+	})
+}
