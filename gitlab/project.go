@@ -1,0 +1,150 @@
+package gitlab
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// Project identifies a job's project across GitLab instances: project 5
+// of one instance is not project 5 of another.
+type Project struct {
+	// Instance is the GitLab instance, "scheme://host[:port]" in lower
+	// case with the default port removed.
+	Instance string
+	// ID is the project's numeric id on that instance.
+	ID int64
+}
+
+// ErrNoProject means the job payload does not say which project the job
+// belongs to; callers then give the job no persistent per-project state.
+var ErrNoProject = errors.New("job payload names no project")
+
+// projectPayload is the part of gitlab-runner's job payload (the
+// JobResponse it writes to JOB_RESPONSE_FILE) that identifies the project.
+type projectPayload struct {
+	JobInfo struct {
+		ProjectID json.Number `json:"project_id"`
+	} `json:"job_info"`
+	GitInfo struct {
+		RepoURL string `json:"repo_url"`
+	} `json:"git_info"`
+}
+
+// ReadProject reads the project from the job payload at path, the
+// JOB_RESPONSE_FILE gitlab-runner wrote for this job.
+func ReadProject(path string) (Project, error) {
+	if path == "" {
+		return Project{}, fmt.Errorf("read job payload: JOB_RESPONSE_FILE is not set: %w", ErrNoProject)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Project{}, fmt.Errorf("read job payload: %w", err)
+	}
+	p, err := ParseProject(data)
+	if err != nil {
+		return Project{}, fmt.Errorf("job payload %s: %w", path, err)
+	}
+	return p, nil
+}
+
+// ParseProject extracts the project from a job payload. Only what the
+// GitLab server itself wrote is used: job_info.project_id, and the
+// instance from git_info.repo_url, the clone URL the server builds from its
+// own external URL. Job variables (CI_SERVER_URL, CI_PROJECT_ID) are not
+// consulted: a job's .gitlab-ci.yml can set variables of those names and
+// would then reach another project's cache.
+func ParseProject(data []byte) (Project, error) {
+	var pl projectPayload
+	if err := json.Unmarshal(data, &pl); err != nil {
+		return Project{}, fmt.Errorf("parse job payload: %w", err)
+	}
+	if pl.JobInfo.ProjectID == "" {
+		return Project{}, fmt.Errorf("job_info.project_id missing: %w", ErrNoProject)
+	}
+	id, err := strconv.ParseInt(string(pl.JobInfo.ProjectID), 10, 64)
+	if err != nil || id <= 0 {
+		return Project{}, fmt.Errorf("job_info.project_id %q is not a positive integer: %w", pl.JobInfo.ProjectID, ErrNoProject)
+	}
+	inst, err := instanceOf(pl.GitInfo.RepoURL)
+	if err != nil {
+		return Project{}, fmt.Errorf("git_info.repo_url: %v: %w", err, ErrNoProject)
+	}
+	return Project{Instance: inst, ID: id}, nil
+}
+
+// instanceOf reduces a clone URL to "scheme://host[:port]", dropping the
+// credentials the server embeds (gitlab-ci-token:TOKEN@) and the path.
+func instanceOf(repoURL string) (string, error) {
+	if repoURL == "" {
+		return "", errors.New("missing")
+	}
+	u, err := url.Parse(repoURL)
+	if err != nil {
+		// url.Error quotes the whole URL, token included: say less.
+		return "", errors.New("not a URL")
+	}
+	scheme := strings.ToLower(u.Scheme)
+	host := strings.ToLower(u.Hostname())
+	if scheme == "" || host == "" {
+		return "", errors.New("no scheme or host")
+	}
+	port := u.Port()
+	if port == defaultPort[scheme] {
+		port = ""
+	}
+	if port != "" {
+		if n, err := strconv.Atoi(port); err != nil || n <= 0 || n > 65535 {
+			return "", fmt.Errorf("invalid port %q", port)
+		}
+		return scheme + "://" + net.JoinHostPort(host, port), nil
+	}
+	if strings.Contains(host, ":") {
+		return scheme + "://[" + host + "]", nil
+	}
+	return scheme + "://" + host, nil
+}
+
+var defaultPort = map[string]string{"https": "443", "http": "80", "ssh": "22"}
+
+// maxHostInKey bounds the readable part of a key so that a key always fits
+// in a file name (255 bytes) with room to spare.
+const maxHostInKey = 64
+
+// Key is the project's directory name under the per-project cache and
+// builds roots: "<host>-<hash>-<id>", for example
+// "gitlab.example.com-1a2b3c4d-42". The host makes it readable; the hash of
+// the whole instance keeps two instances apart even where sanitizing their
+// hosts gives the same text (ports, IPv6, IDN, long names). It contains only
+// [a-z0-9._-], never starts with '.' or '-', and is never "." or "..".
+func (p Project) Key() string {
+	h := sha256.Sum256([]byte(p.Instance))
+	host := p.Instance
+	if i := strings.Index(host, "://"); i >= 0 {
+		host = host[i+3:]
+	}
+	var b strings.Builder
+	for i := 0; i < len(host) && b.Len() < maxHostInKey; i++ {
+		c := host[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '.', c == '-':
+			b.WriteByte(c)
+		case c >= 'A' && c <= 'Z':
+			b.WriteByte(c + 'a' - 'A')
+		default:
+			b.WriteByte('_')
+		}
+	}
+	name := strings.TrimLeft(b.String(), ".-_")
+	if name == "" {
+		name = "gitlab"
+	}
+	return name + "-" + hex.EncodeToString(h[:4]) + "-" + strconv.FormatInt(p.ID, 10)
+}
