@@ -2,18 +2,86 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
 
 	"github.com/alecthomas/kingpin/v2"
+
+	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/gitlab"
 )
 
 // registerGitLab wires the commands that configure gitlab-runner.
 func registerGitLab(app *kingpin.Application, g *globals, cmds commands) {
-	for _, c := range []struct{ name, help string }{
-		{"gitlab-config", "Executor config stage: print the JSON gitlab-runner expects."},
-		{"toml", "Print a [[runners]] section for /etc/gitlab-runner/config.toml."},
-	} {
-		app.Command(c.name, c.help)
-		name := c.name
-		cmds[name] = &command{run: func(context.Context) error { return errNotBuilt(name) }}
+	app.Command("gitlab-config", "Executor config stage: print the JSON gitlab-runner expects.")
+	cmds["gitlab-config"] = &command{stage: true, run: func(context.Context) error {
+		return gitlabConfig(os.Stdout)
+	}}
+
+	toml := app.Command("toml", "Print a [[runners]] section for /etc/gitlab-runner/config.toml.")
+	defaultImage := toml.Flag("default-image", "Image for jobs that name none (passed to prepare).").PlaceHolder("NAME").String()
+	cmds["toml"] = &command{run: func(context.Context) error {
+		return printTOML(os.Stdout, g, *defaultImage)
+	}}
+}
+
+// gitlabConfig prints the config stage's JSON, and nothing else, on w:
+// gitlab-runner parses all of standard output.
+func gitlabConfig(w io.Writer) error {
+	host, err := os.Hostname()
+	if err != nil {
+		return fmt.Errorf("hostname: %w", err)
 	}
+	b, err := gitlab.NewExecutorConfig(host, version).JSON()
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+
+// printTOML prints the runner section for this binary. The global flags
+// given to toml (--config, --root, --run-dir) are repeated in every stage's
+// arguments, so gitlab-runner's calls use the same setup.
+func printTOML(w io.Writer, g *globals, defaultImage string) error {
+	if defaultImage != "" {
+		if err := config.CheckImageName(defaultImage); err != nil {
+			return usageError{fmt.Errorf("--default-image: %w", err)}
+		}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("path of this program: %w", err)
+	}
+	if exe, err = filepath.EvalSymlinks(exe); err != nil {
+		return fmt.Errorf("path of this program: %w", err)
+	}
+	var global []string
+	for _, f := range []struct{ flag, v string }{{"--config", g.configPath}, {"--root", g.root}, {"--run-dir", g.runDir}} {
+		if f.v == "" {
+			continue
+		}
+		abs, err := filepath.Abs(f.v)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", f.flag, f.v, err)
+		}
+		global = append(global, f.flag, abs)
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return fmt.Errorf("hostname: %w", err)
+	}
+	s, err := gitlab.RunnerSection{
+		Name:         "nspawn-runner on " + host,
+		Executable:   exe,
+		GlobalArgs:   global,
+		DefaultImage: defaultImage,
+	}.TOML()
+	if err != nil {
+		return err
+	}
+	_, err = io.WriteString(w, s)
+	return err
 }
