@@ -1,0 +1,7 @@
+// Package ns enters a running machine: it pins the machine's leader with
+// pidfd_open(2) (checked against its start time, /proc/PID/stat field 22,
+// so a reused pid is never taken for it) and starts a command inside the
+// leader's mount, pid, network, uts, ipc and cgroup namespaces with
+// setns(2) from a locked OS thread that first calls unshare(CLONE_FS), as
+// setns(2) requires for CLONE_NEWNS in a multithreaded process.
+package ns

@@ -1,0 +1,234 @@
+package nspawn
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Notification is what one sd_notify(3) datagram says.
+type Notification struct {
+	Ready     bool
+	Stopping  bool
+	Status    string
+	LeaderPID int
+}
+
+// ParseNotify reads one sd_notify datagram: newline-separated KEY=VALUE
+// assignments. Unknown keys are ignored, as sd_notify(3) asks.
+func ParseNotify(b []byte) Notification {
+	var n Notification
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "READY":
+			n.Ready = n.Ready || v == "1"
+		case "STOPPING":
+			n.Stopping = n.Stopping || v == "1"
+		case "STATUS":
+			n.Status = v
+		case "X_NSPAWN_LEADER_PID":
+			if p, err := strconv.Atoi(v); err == nil && p > 1 {
+				n.LeaderPID = p
+			}
+		}
+	}
+	return n
+}
+
+// StartOptions are how to start systemd-nspawn.
+type StartOptions struct {
+	// Binary is the systemd-nspawn program; empty means "systemd-nspawn"
+	// on PATH.
+	Binary string
+	// Args are its arguments (see Args).
+	Args []string
+	// Env is added to a minimal environment (PATH, and NOTIFY_SOCKET):
+	// e.g. SYSTEMD_SECCOMP=0.
+	Env []string
+	// Log receives systemd-nspawn's stdout and stderr (and the console of
+	// a booted machine). Stdin is /dev/null.
+	Log *os.File
+	// CgroupFD, when >= 0, is a cgroup v2 directory the process starts in
+	// (clone3 CLONE_INTO_CGROUP), so that nothing of the machine ever runs
+	// in our own cgroup.
+	CgroupFD int
+}
+
+// Process is a started systemd-nspawn, detached into its own session: it
+// outlives the process that started it.
+type Process struct {
+	PID    int
+	cmd    *exec.Cmd
+	sock   *net.UnixConn
+	exited chan struct{}
+	state  *os.ProcessState
+	log    *os.File
+}
+
+// Start starts systemd-nspawn with its own notification socket (an
+// abstract unix datagram socket named for this start; NOTIFY_SOCKET).
+func Start(o StartOptions) (*Process, error) {
+	bin := o.Binary
+	if bin == "" {
+		bin = "systemd-nspawn"
+	}
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return nil, fmt.Errorf("start systemd-nspawn: %w", err)
+	}
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	// Abstract: nothing to clean up on disk, and no sun_path length limit
+	// from a long run directory.
+	name := "@nspawn-runner/notify/" + hex.EncodeToString(rnd[:])
+	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
+	if err != nil {
+		return nil, fmt.Errorf("notify socket: %w", err)
+	}
+	cmd := exec.Command(path, o.Args...)
+	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "NOTIFY_SOCKET=" + name}, o.Env...)
+	cmd.Stdout, cmd.Stderr = o.Log, o.Log
+	cmd.Dir = "/"
+	// Setsid: no controlling terminal, and not in the process group that
+	// gitlab-runner signals when it cancels a stage.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if o.CgroupFD >= 0 {
+		cmd.SysProcAttr.UseCgroupFD = true
+		cmd.SysProcAttr.CgroupFD = o.CgroupFD
+	}
+	if err := cmd.Start(); err != nil {
+		sock.Close()
+		return nil, fmt.Errorf("start %s: %w", path, err)
+	}
+	p := &Process{PID: cmd.Process.Pid, cmd: cmd, sock: sock, exited: make(chan struct{}), log: o.Log}
+	go func() {
+		_ = cmd.Wait()
+		p.state = cmd.ProcessState
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// ErrExited is returned by WaitReady when systemd-nspawn exits first.
+var ErrExited = errors.New("systemd-nspawn exited")
+
+// WaitReady waits for the leader pid and, when ready is true, for READY=1.
+// It returns the leader pid. On ctx's end or an early exit the error says
+// so with nspawn's last status and the tail of its log.
+func (p *Process) WaitReady(ctx context.Context, ready bool) (int, error) {
+	type msg struct {
+		n   Notification
+		err error
+	}
+	msgs := make(chan msg, 16)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			_ = p.sock.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			n, _, err := p.sock.ReadFromUnix(buf)
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err != nil {
+				var ne net.Error
+				if errors.As(err, &ne) && ne.Timeout() {
+					continue
+				}
+				msgs <- msg{err: err}
+				return
+			}
+			msgs <- msg{n: ParseNotify(buf[:n])}
+		}
+	}()
+	leader, status, isReady := 0, "", false
+	for {
+		select {
+		case m := <-msgs:
+			if m.err != nil {
+				return 0, fmt.Errorf("notify socket: %w", m.err)
+			}
+			if m.n.LeaderPID > 0 {
+				leader = m.n.LeaderPID
+			}
+			if m.n.Status != "" {
+				status = m.n.Status
+			}
+			isReady = isReady || m.n.Ready
+			if leader > 0 && (isReady || !ready) {
+				return leader, nil
+			}
+		case <-p.exited:
+			return 0, fmt.Errorf("%w (%s) before the machine was ready%s", ErrExited, p.state, p.logTail())
+		case <-ctx.Done():
+			what := "READY=1"
+			if leader == 0 {
+				what = "the leader pid"
+			}
+			return 0, fmt.Errorf("waiting for %s from systemd-nspawn (last status %q): %w%s", what, status, ctx.Err(), p.logTail())
+		}
+	}
+}
+
+// Exited is closed when systemd-nspawn exits (while this process lives).
+func (p *Process) Exited() <-chan struct{} { return p.exited }
+
+// Release closes our end of the notification socket. systemd-nspawn keeps
+// running; notifications it sends later (STOPPING=1 at shutdown) are
+// dropped.
+func (p *Process) Release() {
+	p.sock.Close()
+}
+
+func (p *Process) logTail() string {
+	if p.log == nil {
+		return ""
+	}
+	b, err := os.ReadFile(p.log.Name())
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	return ": " + string(bytes.TrimSpace(Tail(b, 1500)))
+}
+
+// Tail returns the last n bytes of b, from a line start when it can.
+func Tail(b []byte, n int) []byte {
+	if len(b) <= n {
+		return b
+	}
+	b = b[len(b)-n:]
+	if i := bytes.IndexByte(b, '\n'); i >= 0 && i < len(b)-1 {
+		b = b[i+1:]
+	}
+	return b
+}
+
+// Version runs systemd-nspawn --version and returns its major version, 0
+// when unknown.
+func Version(ctx context.Context, binary string) (int, error) {
+	if binary == "" {
+		binary = "systemd-nspawn"
+	}
+	out, err := exec.CommandContext(ctx, binary, "--version").Output()
+	if err != nil {
+		return 0, fmt.Errorf("%s --version: %w", binary, err)
+	}
+	return ParseVersion(string(out)), nil
+}
