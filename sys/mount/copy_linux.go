@@ -1,0 +1,831 @@
+package mount
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// CopyOptions changes how CopyTree works.
+type CopyOptions struct {
+	// NoReflink skips FICLONE and copies data with copy_file_range(2)
+	// and read/write. (On xfs and btrfs copy_file_range itself may still
+	// share extents; on ext4 and tmpfs it copies.)
+	NoReflink bool
+}
+
+// CopyStats counts what CopyTree did.
+type CopyStats struct {
+	Files       int   // regular files (distinct inodes) created
+	Dirs        int   // directories, the root included
+	Cloned      int   // regular files whose data was shared with FICLONE
+	CopiedBytes int64 // bytes of file data copied (not cloned)
+	HardLinks   int   // extra names linked to an inode copied once
+	Symlinks    int
+	Specials    int // device nodes, fifos and sockets recreated with mknod
+}
+
+func (s *CopyStats) add(o CopyStats) {
+	s.Files += o.Files
+	s.Dirs += o.Dirs
+	s.Cloned += o.Cloned
+	s.CopiedBytes += o.CopiedBytes
+	s.HardLinks += o.HardLinks
+	s.Symlinks += o.Symlinks
+	s.Specials += o.Specials
+}
+
+// CopyTree copies the directory tree src to dst, like `cp -a
+// --reflink=auto`: regular files share their extents with FICLONE where the
+// filesystem can (ioctl_ficlone(2)) and are copied otherwise, per file;
+// owners, modes (setuid, setgid and sticky included), timestamps, extended
+// attributes (ACLs and file capabilities included), symlinks, device
+// nodes, fifos, sockets and hard links are reproduced.
+//
+// dst must not exist or be an empty directory. Symlinks inside src are
+// copied, never followed: every lookup in src is relative to an open
+// directory with symlinks refused (openat2(2) RESOLVE_NO_SYMLINKS, or
+// O_NOFOLLOW per component). Mount points inside src are crossed.
+// On error dst is left partly copied for the caller to remove.
+func CopyTree(src, dst string, opts CopyOptions) (CopyStats, error) {
+	c, err := newCopier(src, dst, opts)
+	if err != nil {
+		return CopyStats{}, fmt.Errorf("copy tree %s -> %s: %w", src, dst, err)
+	}
+	defer c.close()
+	st, err := c.run()
+	if err != nil {
+		return st, fmt.Errorf("copy tree %s -> %s: %w", src, dst, err)
+	}
+	return st, nil
+}
+
+// copyTask is one batch of entries of one directory (rel to the roots).
+// ents == nil means: read the directory, copy its own metadata, and batch
+// its entries.
+type copyTask struct {
+	dir  string
+	ents []dirent
+}
+
+type dirent struct {
+	name string
+	typ  uint8 // DT_* from getdents64
+}
+
+type inodeKey struct{ dev, ino uint64 }
+
+type dirMeta struct {
+	rel          string
+	mode         uint32
+	atime, mtime unix.Timespec
+}
+
+type link struct{ first, rel string }
+
+type copier struct {
+	opts     CopyOptions
+	src, dst string
+	srcRoot  int
+	dstRoot  int
+
+	// Work queue: a stack of tasks; pending counts queued and running
+	// tasks, so idle workers wait while a running one may still add some.
+	mu      sync.Mutex
+	cond    *sync.Cond
+	tasks   []copyTask
+	pending int
+	err     error
+	failed  atomic.Bool
+
+	linkMu sync.Mutex
+	inodes map[inodeKey]string // first dst rel path of an inode with nlink > 1
+	links  []link
+	dirs   []dirMeta
+	stats  CopyStats
+}
+
+// batch is how many entries of one directory a task copies; big
+// directories (/usr/bin, /usr/lib/x86_64-linux-gnu) spread over workers.
+const batch = 64
+
+func newCopier(src, dst string, opts CopyOptions) (*copier, error) {
+	c := &copier{opts: opts, src: filepath.Clean(src), dst: filepath.Clean(dst), srcRoot: -1, dstRoot: -1,
+		inodes: make(map[inodeKey]string)}
+	c.cond = sync.NewCond(&c.mu)
+	var err error
+	c.srcRoot, err = openRetry(c.src, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: c.src, Err: err}
+	}
+	if err := prepareDst(c.dst); err != nil {
+		return nil, err
+	}
+	c.dstRoot, err = openRetry(c.dst, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: c.dst, Err: err}
+	}
+	return c, nil
+}
+
+func (c *copier) close() {
+	if c.srcRoot >= 0 {
+		unix.Close(c.srcRoot)
+	}
+	if c.dstRoot >= 0 {
+		unix.Close(c.dstRoot)
+	}
+}
+
+// prepareDst creates dst, or accepts it if it is an empty directory.
+func prepareDst(dst string) error {
+	err := os.Mkdir(dst, 0o700)
+	if err == nil || !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	fi, err := os.Lstat(dst)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s exists and is not a directory", dst)
+	}
+	f, err := os.Open(dst)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if names, _ := f.Readdirnames(1); len(names) > 0 {
+		return fmt.Errorf("%s is not empty", dst)
+	}
+	return nil
+}
+
+func (c *copier) push(t copyTask) {
+	c.mu.Lock()
+	c.tasks = append(c.tasks, t)
+	c.pending++
+	c.mu.Unlock()
+	c.cond.Signal()
+}
+
+func (c *copier) pop() (copyTask, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for len(c.tasks) == 0 && c.pending > 0 && c.err == nil {
+		c.cond.Wait()
+	}
+	if c.err != nil || len(c.tasks) == 0 {
+		return copyTask{}, false
+	}
+	t := c.tasks[len(c.tasks)-1]
+	c.tasks = c.tasks[:len(c.tasks)-1]
+	return t, true
+}
+
+func (c *copier) finish(err error) {
+	c.mu.Lock()
+	c.pending--
+	if err != nil && c.err == nil {
+		c.err = err
+		c.failed.Store(true)
+	}
+	wake := c.pending == 0 || err != nil
+	c.mu.Unlock()
+	if wake {
+		c.cond.Broadcast()
+	}
+}
+
+func (c *copier) run() (CopyStats, error) {
+	c.push(copyTask{dir: "."})
+	n := runtime.GOMAXPROCS(0) * 2
+	var wg sync.WaitGroup
+	stats := make([]CopyStats, n)
+	dirs := make([][]dirMeta, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w := &worker{c: c, buf: make([]byte, 128*1024), xlist: make([]byte, 64*1024), xval: make([]byte, 64*1024)}
+			for {
+				t, ok := c.pop()
+				if !ok {
+					break
+				}
+				c.finish(w.do(t))
+			}
+			stats[i] = w.stats
+			dirs[i] = w.dirs
+		}()
+	}
+	wg.Wait()
+	for i := range stats {
+		c.stats.add(stats[i])
+		c.dirs = append(c.dirs, dirs[i]...)
+	}
+	if c.err != nil {
+		return c.stats, c.err
+	}
+	// Hard links last, once every first copy is complete.
+	for _, l := range c.links {
+		if err := linkRetry(filepath.Join(c.dst, l.first), filepath.Join(c.dst, l.rel)); err != nil {
+			return c.stats, fmt.Errorf("link %s to %s: %w", l.rel, l.first, err)
+		}
+		c.stats.HardLinks++
+	}
+	// Directory modes and times after their contents, deepest first:
+	// creating entries changes a directory's mtime, and a read-only mode
+	// would stop an unprivileged copy from filling it.
+	slices.SortFunc(c.dirs, func(a, b dirMeta) int { return depth(b.rel) - depth(a.rel) })
+	for _, d := range c.dirs {
+		p := filepath.Join(c.dst, d.rel)
+		if err := unix.Fchmodat(unix.AT_FDCWD, p, d.mode, 0); err != nil {
+			return c.stats, &os.PathError{Op: "chmod", Path: p, Err: err}
+		}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{d.atime, d.mtime}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return c.stats, &os.PathError{Op: "utimensat", Path: p, Err: err}
+		}
+	}
+	return c.stats, nil
+}
+
+// depth is 0 for the root ".", 1 for its entries, and so on.
+func depth(rel string) int {
+	if rel == "." {
+		return 0
+	}
+	return strings.Count(rel, "/") + 1
+}
+
+// worker holds the buffers one goroutine reuses for every file.
+type worker struct {
+	c     *copier
+	buf   []byte // getdents64 and read/write
+	xlist []byte // flistxattr; XATTR_LIST_MAX is 64 KiB
+	xval  []byte // fgetxattr; XATTR_SIZE_MAX is 64 KiB
+	st    unix.Stat_t
+	stats CopyStats
+	dirs  []dirMeta
+}
+
+func (w *worker) do(t copyTask) error {
+	srcDir, err := openBeneath(w.c.srcRoot, t.dir)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: filepath.Join(w.c.src, t.dir), Err: err}
+	}
+	defer unix.Close(srcDir)
+	dstDir, err := openBeneath(w.c.dstRoot, t.dir)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: filepath.Join(w.c.dst, t.dir), Err: err}
+	}
+	defer unix.Close(dstDir)
+	ents := t.ents
+	if ents == nil {
+		if err := w.dirSelf(t.dir, srcDir, dstDir); err != nil {
+			return err
+		}
+		if ents, err = w.readDir(srcDir); err != nil {
+			return &os.PathError{Op: "getdents", Path: filepath.Join(w.c.src, t.dir), Err: err}
+		}
+		for len(ents) > batch {
+			w.c.push(copyTask{dir: t.dir, ents: ents[len(ents)-batch:]})
+			ents = ents[:len(ents)-batch]
+		}
+	}
+	for _, e := range ents {
+		if w.c.failed.Load() {
+			return nil
+		}
+		rel := e.name
+		if t.dir != "." {
+			rel = t.dir + "/" + e.name
+		}
+		if err := w.entry(srcDir, dstDir, e, rel); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dirSelf copies a directory's owner and xattrs and records its mode and
+// times for the end.
+func (w *worker) dirSelf(rel string, srcDir, dstDir int) error {
+	if err := fstat(srcDir, &w.st); err != nil {
+		return &os.PathError{Op: "stat", Path: filepath.Join(w.c.src, rel), Err: err}
+	}
+	if err := unix.Fchown(dstDir, int(w.st.Uid), int(w.st.Gid)); err != nil {
+		return &os.PathError{Op: "chown", Path: filepath.Join(w.c.dst, rel), Err: err}
+	}
+	w.dirs = append(w.dirs, dirMeta{rel: rel, mode: w.st.Mode & 0o7777, atime: w.st.Atim, mtime: w.st.Mtim})
+	w.stats.Dirs++
+	return w.fdXattrs(srcDir, dstDir, rel)
+}
+
+// readDir returns the entries of the open directory fd, parsing struct
+// linux_dirent64 (getdents64(2)) to keep d_type.
+func (w *worker) readDir(fd int) ([]dirent, error) {
+	var out []dirent
+	for {
+		n, err := unix.Getdents(fd, w.buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n <= 0 {
+			return out, nil
+		}
+		b := w.buf[:n]
+		for len(b) > 0 {
+			// struct linux_dirent64 { u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+			reclen := int(*(*uint16)(unsafe.Pointer(&b[16])))
+			if reclen < 20 || reclen > len(b) {
+				return nil, fmt.Errorf("bad dirent record length %d", reclen)
+			}
+			typ := b[18]
+			name := b[19:reclen]
+			if i := indexNUL(name); i >= 0 {
+				name = name[:i]
+			}
+			b = b[reclen:]
+			if string(name) == "." || string(name) == ".." {
+				continue
+			}
+			out = append(out, dirent{name: string(name), typ: typ})
+		}
+	}
+}
+
+func indexNUL(b []byte) int {
+	for i, c := range b {
+		if c == 0 {
+			return i
+		}
+	}
+	return -1
+}
+
+func (w *worker) entry(srcDir, dstDir int, e dirent, rel string) error {
+	if e.typ == unix.DT_REG {
+		// The common case: open first and fstat the fd, one lookup.
+		// O_NONBLOCK so that an entry replaced by a fifo meanwhile
+		// cannot block the open; O_NOFOLLOW for one replaced by a symlink.
+		fd, err := openatRetry(srcDir, e.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+		if err == nil {
+			if err := fstat(fd, &w.st); err != nil {
+				unix.Close(fd)
+				return &os.PathError{Op: "stat", Path: filepath.Join(w.c.src, rel), Err: err}
+			}
+			if w.st.Mode&unix.S_IFMT == unix.S_IFREG {
+				err := w.file(fd, dstDir, e.name, rel)
+				unix.Close(fd)
+				return err
+			}
+			unix.Close(fd)
+		} else if err != unix.ELOOP && err != unix.ENXIO && err != unix.ENOENT {
+			return &os.PathError{Op: "open", Path: filepath.Join(w.c.src, rel), Err: err}
+		}
+	}
+	if err := unix.Fstatat(srcDir, e.name, &w.st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err == unix.ENOENT {
+			return nil // removed while we copy
+		}
+		return &os.PathError{Op: "stat", Path: filepath.Join(w.c.src, rel), Err: err}
+	}
+	st := &w.st
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		if err := unix.Mkdirat(dstDir, e.name, 0o700); err != nil {
+			return &os.PathError{Op: "mkdir", Path: filepath.Join(w.c.dst, rel), Err: err}
+		}
+		w.c.push(copyTask{dir: rel})
+		return nil
+	case unix.S_IFREG:
+		fd, err := openatRetry(srcDir, e.name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return &os.PathError{Op: "open", Path: filepath.Join(w.c.src, rel), Err: err}
+		}
+		defer unix.Close(fd)
+		if err := fstat(fd, st); err != nil {
+			return &os.PathError{Op: "stat", Path: filepath.Join(w.c.src, rel), Err: err}
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG {
+			return fmt.Errorf("%s changed type while copying", filepath.Join(w.c.src, rel))
+		}
+		return w.file(fd, dstDir, e.name, rel)
+	}
+	if w.linked(st, rel) {
+		return nil
+	}
+	dst := filepath.Join(w.c.dst, rel)
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFLNK:
+		target, err := readlinkat(srcDir, e.name, w.buf)
+		if err != nil {
+			return &os.PathError{Op: "readlink", Path: filepath.Join(w.c.src, rel), Err: err}
+		}
+		if err := unix.Symlinkat(target, dstDir, e.name); err != nil {
+			return &os.PathError{Op: "symlink", Path: dst, Err: err}
+		}
+		w.stats.Symlinks++
+	case unix.S_IFCHR, unix.S_IFBLK, unix.S_IFIFO, unix.S_IFSOCK:
+		if err := unix.Mknodat(dstDir, e.name, st.Mode&(unix.S_IFMT|0o7777), int(st.Rdev)); err != nil {
+			return &os.PathError{Op: "mknod", Path: dst, Err: err}
+		}
+		w.stats.Specials++
+	default:
+		return fmt.Errorf("%s: unknown file type %#o", filepath.Join(w.c.src, rel), st.Mode&unix.S_IFMT)
+	}
+	if err := unix.Fchownat(dstDir, e.name, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &os.PathError{Op: "lchown", Path: dst, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+		// Symlinks have no mode of their own; for the rest the name is
+		// the node just made, so following is moot.
+		if err := unix.Fchmodat(dstDir, e.name, st.Mode&0o7777, 0); err != nil {
+			return &os.PathError{Op: "chmod", Path: dst, Err: err}
+		}
+	}
+	if err := w.pathXattrs(srcDir, dstDir, e.name, rel); err != nil {
+		return err
+	}
+	if err := unix.UtimesNanoAt(dstDir, e.name, []unix.Timespec{st.Atim, st.Mtim}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &os.PathError{Op: "utimensat", Path: dst, Err: err}
+	}
+	return nil
+}
+
+// linked reports whether st is a further name of an inode already being
+// copied; if so it records the link to make at the end.
+func (w *worker) linked(st *unix.Stat_t, rel string) bool {
+	if st.Nlink < 2 {
+		return false
+	}
+	k := inodeKey{uint64(st.Dev), st.Ino}
+	w.c.linkMu.Lock()
+	defer w.c.linkMu.Unlock()
+	if first, ok := w.c.inodes[k]; ok {
+		w.c.links = append(w.c.links, link{first: first, rel: rel})
+		return true
+	}
+	w.c.inodes[k] = rel
+	return false
+}
+
+// file copies the regular file open as src into a new file name in dstDir.
+func (w *worker) file(src, dstDir int, name, rel string) error {
+	st := &w.st
+	if w.linked(st, rel) {
+		return nil
+	}
+	dstPath := func() string { return filepath.Join(w.c.dst, rel) }
+	dst, err := openatRetry(dstDir, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return &os.PathError{Op: "create", Path: dstPath(), Err: err}
+	}
+	defer unix.Close(dst)
+	w.stats.Files++
+	if st.Size > 0 {
+		cloned := false
+		if !w.c.opts.NoReflink {
+			err := unix.IoctlFileClone(dst, src)
+			switch err {
+			case nil:
+				cloned = true
+				w.stats.Cloned++
+			case unix.EOPNOTSUPP, unix.EXDEV, unix.EINVAL, unix.ENOTTY, unix.ENOSYS:
+			default:
+				return &os.PathError{Op: "ficlone", Path: dstPath(), Err: err}
+			}
+		}
+		if !cloned {
+			n, err := w.copyData(src, dst, st)
+			w.stats.CopiedBytes += n
+			if err != nil {
+				return &os.PathError{Op: "copy", Path: dstPath(), Err: err}
+			}
+		}
+	}
+	uid, gid, mode := int(st.Uid), int(st.Gid), st.Mode&0o7777
+	atime, mtime := st.Atim, st.Mtim
+	if err := unix.Fchown(dst, uid, gid); err != nil {
+		return &os.PathError{Op: "chown", Path: dstPath(), Err: err}
+	}
+	// chown clears setuid and setgid: chmod after it.
+	if err := unix.Fchmod(dst, mode); err != nil {
+		return &os.PathError{Op: "chmod", Path: dstPath(), Err: err}
+	}
+	// chown also drops security.capability: xattrs after it.
+	if err := w.fdXattrs(src, dst, rel); err != nil {
+		return err
+	}
+	if err := unix.UtimesNanoAt(dstDir, name, []unix.Timespec{atime, mtime}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return &os.PathError{Op: "utimensat", Path: dstPath(), Err: err}
+	}
+	return nil
+}
+
+// copyData copies the bytes of src to dst: copy_file_range(2) in the
+// kernel, read/write where that is not supported. A sparse file (fewer
+// blocks than its size) is copied extent by extent with SEEK_DATA and
+// SEEK_HOLE so that its holes stay holes.
+func (w *worker) copyData(src, dst int, st *unix.Stat_t) (int64, error) {
+	size := st.Size
+	if st.Blocks*512 >= size {
+		return w.copyRange(src, dst, 0, size)
+	}
+	var total int64
+	var off int64
+	for off < size {
+		data, err := unix.Seek(src, off, unix.SEEK_DATA)
+		if err == unix.ENXIO {
+			break // only a hole remains
+		}
+		if err != nil {
+			// No SEEK_DATA support: copy everything.
+			n, err := w.copyRange(src, dst, off, size-off)
+			return total + n, err
+		}
+		hole, err := unix.Seek(src, data, unix.SEEK_HOLE)
+		if err != nil {
+			return total, err
+		}
+		n, err := w.copyRange(src, dst, data, hole-data)
+		total += n
+		if err != nil {
+			return total, err
+		}
+		off = hole
+	}
+	if err := unix.Ftruncate(dst, size); err != nil {
+		return total, err
+	}
+	return total, nil
+}
+
+// copyRange copies n bytes at off from src to dst at the same offset.
+func (w *worker) copyRange(src, dst int, off, n int64) (int64, error) {
+	roff, woff := off, off
+	end := off + n
+	for roff < end {
+		chunk := end - roff
+		if chunk > 1<<30 {
+			chunk = 1 << 30
+		}
+		m, err := unix.CopyFileRange(src, &roff, dst, &woff, int(chunk), 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			switch err {
+			case unix.EXDEV, unix.EOPNOTSUPP, unix.ENOSYS, unix.EINVAL:
+				// Different filesystem types (Linux 5.19 and later) or no
+				// support: sendfile(2) still copies inside the kernel.
+				k, err := w.sendfile(src, dst, roff, end-roff)
+				return roff - off + k, err
+			}
+			return roff - off, err
+		}
+		if m == 0 {
+			break // the file shrank meanwhile
+		}
+	}
+	return roff - off, nil
+}
+
+// sendfile copies n bytes at off with sendfile(2), falling back to
+// read/write where it cannot.
+func (w *worker) sendfile(src, dst int, off, n int64) (int64, error) {
+	if _, err := unix.Seek(dst, off, unix.SEEK_SET); err != nil {
+		return 0, err
+	}
+	roff, end := off, off+n
+	for roff < end {
+		chunk := end - roff
+		if chunk > 1<<30 {
+			chunk = 1 << 30
+		}
+		m, err := unix.Sendfile(dst, src, &roff, int(chunk))
+		if err == unix.EINTR || err == unix.EAGAIN {
+			continue
+		}
+		if err == unix.EINVAL || err == unix.ENOSYS {
+			k, err := w.readWrite(src, dst, roff, end-roff)
+			return roff - off + k, err
+		}
+		if err != nil {
+			return roff - off, err
+		}
+		if m == 0 {
+			break
+		}
+	}
+	return roff - off, nil
+}
+
+func (w *worker) readWrite(src, dst int, off, n int64) (int64, error) {
+	var done int64
+	for done < n {
+		want := int64(len(w.buf))
+		if n-done < want {
+			want = n - done
+		}
+		r, err := unix.Pread(src, w.buf[:want], off+done)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return done, err
+		}
+		if r == 0 {
+			break
+		}
+		for p := 0; p < r; {
+			k, err := unix.Pwrite(dst, w.buf[p:r], off+done+int64(p))
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return done, err
+			}
+			p += k
+		}
+		done += int64(r)
+	}
+	return done, nil
+}
+
+// fdXattrs copies every extended attribute of the open file src to dst.
+func (w *worker) fdXattrs(src, dst int, rel string) error {
+	n, err := unix.Flistxattr(src, w.xlist)
+	if err == unix.ENOTSUP || (err == nil && n == 0) {
+		return nil
+	}
+	if err != nil {
+		return &os.PathError{Op: "listxattr", Path: filepath.Join(w.c.src, rel), Err: err}
+	}
+	for _, name := range splitNames(w.xlist[:n]) {
+		v, err := unix.Fgetxattr(src, name, w.xval)
+		if err == unix.ENODATA {
+			continue
+		}
+		if err != nil {
+			return &os.PathError{Op: "getxattr " + name, Path: filepath.Join(w.c.src, rel), Err: err}
+		}
+		if err := unix.Fsetxattr(dst, name, w.xval[:v], 0); err != nil {
+			return &os.PathError{Op: "setxattr " + name, Path: filepath.Join(w.c.dst, rel), Err: err}
+		}
+	}
+	return nil
+}
+
+// pathXattrs copies the xattrs of a symlink or special file, which cannot
+// be opened for f*xattr. The names go through /proc/self/fd/DIRFD/NAME: the
+// directory is the one already open (no path lookup that could meet a
+// symlink) and the l* calls do not follow the last component.
+func (w *worker) pathXattrs(srcDir, dstDir int, name, rel string) error {
+	sp := "/proc/self/fd/" + strconv.Itoa(srcDir) + "/" + name
+	n, err := unix.Llistxattr(sp, w.xlist)
+	if err == unix.ENOTSUP || (err == nil && n == 0) {
+		return nil
+	}
+	if err != nil {
+		return &os.PathError{Op: "listxattr", Path: filepath.Join(w.c.src, rel), Err: err}
+	}
+	dp := "/proc/self/fd/" + strconv.Itoa(dstDir) + "/" + name
+	for _, x := range splitNames(w.xlist[:n]) {
+		v, err := unix.Lgetxattr(sp, x, w.xval)
+		if err == unix.ENODATA {
+			continue
+		}
+		if err != nil {
+			return &os.PathError{Op: "getxattr " + x, Path: filepath.Join(w.c.src, rel), Err: err}
+		}
+		if err := unix.Lsetxattr(dp, x, w.xval[:v], 0); err != nil {
+			return &os.PathError{Op: "setxattr " + x, Path: filepath.Join(w.c.dst, rel), Err: err}
+		}
+	}
+	return nil
+}
+
+func splitNames(b []byte) []string {
+	var out []string
+	for len(b) > 0 {
+		i := indexNUL(b)
+		if i < 0 {
+			i = len(b)
+		}
+		if i > 0 {
+			out = append(out, string(b[:i]))
+		}
+		if i == len(b) {
+			break
+		}
+		b = b[i+1:]
+	}
+	return out
+}
+
+// openBeneath opens the directory rel below root without following any
+// symlink: openat2(2) with RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS (Linux 5.6),
+// else one O_NOFOLLOW openat per component.
+func openBeneath(root int, rel string) (int, error) {
+	flags := uint64(unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC)
+	how := unix.OpenHow{Flags: flags, Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS}
+	for {
+		fd, err := unix.Openat2(root, rel, &how)
+		switch err {
+		case nil:
+			return fd, nil
+		case unix.EINTR, unix.EAGAIN:
+			// EAGAIN: a concurrent rename raced the lookup.
+			continue
+		case unix.ENOSYS:
+		default:
+			return -1, err
+		}
+		break
+	}
+	fd, err := unix.Dup(root)
+	if err != nil {
+		return -1, err
+	}
+	for _, part := range strings.Split(rel, "/") {
+		if part == "." || part == "" {
+			continue
+		}
+		if part == ".." {
+			unix.Close(fd)
+			return -1, unix.EXDEV
+		}
+		next, err := openatRetry(fd, part, int(flags), 0)
+		unix.Close(fd)
+		if err != nil {
+			return -1, err
+		}
+		fd = next
+	}
+	return fd, nil
+}
+
+func openRetry(path string, flags int, mode uint32) (int, error) {
+	for {
+		fd, err := unix.Open(path, flags, mode)
+		if err != unix.EINTR {
+			return fd, err
+		}
+	}
+}
+
+func openatRetry(dir int, name string, flags int, mode uint32) (int, error) {
+	for {
+		fd, err := unix.Openat(dir, name, flags, mode)
+		if err != unix.EINTR {
+			return fd, err
+		}
+	}
+}
+
+func fstat(fd int, st *unix.Stat_t) error {
+	for {
+		err := unix.Fstat(fd, st)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+func linkRetry(oldpath, newpath string) error {
+	for {
+		err := unix.Linkat(unix.AT_FDCWD, oldpath, unix.AT_FDCWD, newpath, 0)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+// readlinkat reads a symlink's target into buf, growing past it if needed.
+func readlinkat(dir int, name string, buf []byte) (string, error) {
+	for {
+		n, err := unix.Readlinkat(dir, name, buf)
+		if err != nil {
+			return "", err
+		}
+		if n < len(buf) {
+			return string(buf[:n]), nil
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
