@@ -89,6 +89,12 @@ type dirMeta struct {
 	rel          string
 	mode         uint32
 	atime, mtime unix.Timespec
+	xattrs       []xattr
+}
+
+type xattr struct {
+	name  string
+	value []byte
 }
 
 type link struct{ first, rel string }
@@ -130,6 +136,11 @@ func newCopier(src, dst string, opts CopyOptions) (*copier, error) {
 	}
 	if err := prepareDst(c.dst); err != nil {
 		return nil, err
+	}
+	// A default ACL dst inherited from its parent would pass on to every
+	// entry created inside; the source's own is set at the end.
+	if err := unix.Removexattr(c.dst, "system.posix_acl_default"); err != nil && err != unix.ENODATA && err != unix.ENOTSUP {
+		return nil, &os.PathError{Op: "removexattr system.posix_acl_default", Path: c.dst, Err: err}
 	}
 	c.dstRoot, err = openRetry(c.dst, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -244,12 +255,28 @@ func (c *copier) run() (CopyStats, error) {
 		}
 		c.stats.HardLinks++
 	}
-	// Directory modes and times after their contents, deepest first:
-	// creating entries changes a directory's mtime, and a read-only mode
-	// would stop an unprivileged copy from filling it.
+	// Directory xattrs, modes and times after their contents, deepest
+	// first: creating entries changes a directory's mtime, a read-only mode
+	// would stop an unprivileged copy from filling it, and a default ACL
+	// would be inherited.
 	slices.SortFunc(c.dirs, func(a, b dirMeta) int { return depth(b.rel) - depth(a.rel) })
 	for _, d := range c.dirs {
 		p := filepath.Join(c.dst, d.rel)
+		if d.rel == "." {
+			// dst itself may have inherited ACLs from its parent.
+			for _, name := range []string{"system.posix_acl_access", "system.posix_acl_default"} {
+				if !slices.ContainsFunc(d.xattrs, func(x xattr) bool { return x.name == name }) {
+					if err := unix.Removexattr(p, name); err != nil && err != unix.ENODATA && err != unix.ENOTSUP {
+						return c.stats, &os.PathError{Op: "removexattr " + name, Path: p, Err: err}
+					}
+				}
+			}
+		}
+		for _, x := range d.xattrs {
+			if err := unix.Setxattr(p, x.name, x.value, 0); err != nil {
+				return c.stats, &os.PathError{Op: "setxattr " + x.name, Path: p, Err: err}
+			}
+		}
 		if err := unix.Fchmodat(unix.AT_FDCWD, p, d.mode, 0); err != nil {
 			return c.stats, &os.PathError{Op: "chmod", Path: p, Err: err}
 		}
@@ -327,9 +354,16 @@ func (w *worker) dirSelf(rel string, srcDir, dstDir int) error {
 	if err := unix.Fchown(dstDir, int(w.st.Uid), int(w.st.Gid)); err != nil {
 		return &os.PathError{Op: "chown", Path: filepath.Join(w.c.dst, rel), Err: err}
 	}
-	w.dirs = append(w.dirs, dirMeta{rel: rel, mode: w.st.Mode & 0o7777, atime: w.st.Atim, mtime: w.st.Mtim})
+	d := dirMeta{rel: rel, mode: w.st.Mode & 0o7777, atime: w.st.Atim, mtime: w.st.Mtim}
+	// A directory's xattrs wait for the end with its mode: a default ACL
+	// set now would be inherited by everything created inside.
+	err := w.listXattrs(srcDir, rel, func(name string, v []byte) error {
+		d.xattrs = append(d.xattrs, xattr{name, slices.Clone(v)})
+		return nil
+	})
+	w.dirs = append(w.dirs, d)
 	w.stats.Dirs++
-	return w.fdXattrs(srcDir, dstDir, rel)
+	return err
 }
 
 // readDir returns the entries of the open directory fd, parsing struct
@@ -667,8 +701,16 @@ func (w *worker) readWrite(src, dst int, off, n int64) (int64, error) {
 	return done, nil
 }
 
-// fdXattrs copies every extended attribute of the open file src to dst.
-func (w *worker) fdXattrs(src, dst int, rel string) error {
+// skipXattr names the xattrs not to copy: xfs lists a file's ACLs a second
+// time under their on-disk names (fs/xfs/libxfs/xfs_da_format.h), which
+// system.posix_acl_* already carry and which mean nothing elsewhere.
+func skipXattr(name string) bool {
+	return name == "trusted.SGI_ACL_FILE" || name == "trusted.SGI_ACL_DEFAULT"
+}
+
+// listXattrs calls fn with each extended attribute of the open file src;
+// the value is only valid during the call.
+func (w *worker) listXattrs(src int, rel string, fn func(name string, v []byte) error) error {
 	n, err := unix.Flistxattr(src, w.xlist)
 	if err == unix.ENOTSUP || (err == nil && n == 0) {
 		return nil
@@ -677,6 +719,9 @@ func (w *worker) fdXattrs(src, dst int, rel string) error {
 		return &os.PathError{Op: "listxattr", Path: filepath.Join(w.c.src, rel), Err: err}
 	}
 	for _, name := range splitNames(w.xlist[:n]) {
+		if skipXattr(name) {
+			continue
+		}
 		v, err := unix.Fgetxattr(src, name, w.xval)
 		if err == unix.ENODATA {
 			continue
@@ -684,11 +729,21 @@ func (w *worker) fdXattrs(src, dst int, rel string) error {
 		if err != nil {
 			return &os.PathError{Op: "getxattr " + name, Path: filepath.Join(w.c.src, rel), Err: err}
 		}
-		if err := unix.Fsetxattr(dst, name, w.xval[:v], 0); err != nil {
-			return &os.PathError{Op: "setxattr " + name, Path: filepath.Join(w.c.dst, rel), Err: err}
+		if err := fn(name, w.xval[:v]); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// fdXattrs copies every extended attribute of the open file src to dst.
+func (w *worker) fdXattrs(src, dst int, rel string) error {
+	return w.listXattrs(src, rel, func(name string, v []byte) error {
+		if err := unix.Fsetxattr(dst, name, v, 0); err != nil {
+			return &os.PathError{Op: "setxattr " + name, Path: filepath.Join(w.c.dst, rel), Err: err}
+		}
+		return nil
+	})
 }
 
 // pathXattrs copies the xattrs of a symlink or special file, which cannot
@@ -706,6 +761,9 @@ func (w *worker) pathXattrs(srcDir, dstDir int, name, rel string) error {
 	}
 	dp := "/proc/self/fd/" + strconv.Itoa(dstDir) + "/" + name
 	for _, x := range splitNames(w.xlist[:n]) {
+		if skipXattr(x) {
+			continue
+		}
 		v, err := unix.Lgetxattr(sp, x, w.xval)
 		if err == unix.ENODATA {
 			continue

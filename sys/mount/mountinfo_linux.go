@@ -58,4 +58,3 @@ func IsMountPoint(path string) (bool, error) {
 	}
 	return false, nil
 }
-
