@@ -1,14 +1,268 @@
 package bootstrap
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/config"
 )
 
-func (s *Store) create(ctx context.Context, name string, o CreateOptions) error {
-	return errors.New("create: not yet")
+// Command is a program and its arguments.
+type Command struct {
+	Path string
+	Args []string
+	Env  []string
 }
 
-func (s *Store) login(ctx context.Context, name string, argv []string) error {
-	return errors.New("login: not yet")
+// String is the command line, for errors and logs.
+func (c Command) String() string { return strings.Join(append([]string{c.Path}, c.Args...), " ") }
+
+// Packages returns config.BasePackages plus extra, sorted, without
+// duplicates or empty names: what debootstrap --include gets.
+func Packages(extra []string) []string {
+	var out []string
+	for _, p := range slices.Concat(config.BasePackages, extra) {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// DebootstrapCommand returns the debootstrap invocation building o into
+// target, under eatmydata when eatmydata is not "" (its path): the tool
+// then skips every fsync, which is most of debootstrap's time on a host
+// where the image is rebuilt rather than recovered after a crash.
+func DebootstrapCommand(o CreateOptions, target, eatmydata string) Command {
+	args := []string{"--variant=minbase", "--include=" + strings.Join(Packages(o.Packages), ","), o.Suite, target}
+	if o.Mirror != "" {
+		args = append(args, o.Mirror)
+	}
+	c := Command{Path: "debootstrap", Args: args}
+	if eatmydata != "" {
+		c = Command{Path: eatmydata, Args: append([]string{"debootstrap"}, args...)}
+	}
+	// LC_ALL=C keeps the "I:" lines in English for the progress parser;
+	// DEBIAN_FRONTEND=noninteractive keeps maintainer scripts from asking.
+	c.Env = []string{"LC_ALL=C", "DEBIAN_FRONTEND=noninteractive", "DEBCONF_NONINTERACTIVE_SEEN=true"}
+	return c
+}
+
+// checkSuite refuses a suite that debootstrap would read as a path or an
+// option.
+func checkSuite(s string) error {
+	if s == "" {
+		return errors.New("no suite given")
+	}
+	if s[0] == '-' || strings.ContainsAny(s, "/ \t\n\\") || s == "." || s == ".." {
+		return fmt.Errorf("invalid suite %q: want a Debian suite name like bookworm", s)
+	}
+	return nil
+}
+
+func (s *Store) create(ctx context.Context, name string, o CreateOptions) error {
+	if err := config.CheckImageName(name); err != nil {
+		return err
+	}
+	if err := checkSuite(o.Suite); err != nil {
+		return fmt.Errorf("create image %s: %w", name, err)
+	}
+	if o.Mirror != "" && (o.Mirror[0] == '-' || strings.ContainsAny(o.Mirror, " \t\n")) {
+		return fmt.Errorf("create image %s: invalid mirror %q", name, o.Mirror)
+	}
+	for _, p := range o.Packages {
+		if strings.HasPrefix(p, "-") || strings.ContainsAny(p, ", \t\n") {
+			return fmt.Errorf("create image %s: invalid package name %q", name, p)
+		}
+	}
+	if err := os.MkdirAll(s.Root, 0o755); err != nil {
+		return fmt.Errorf("create image %s: %w", name, err)
+	}
+	if err := s.exists(name); err != nil {
+		return err
+	}
+	unlock, err := s.Lock(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := s.CleanWorkspaces(ctx, name); err != nil {
+		s.log().Warn("cleaning stale workspaces", "err", err)
+	}
+	if err := s.exists(name); err != nil {
+		return err
+	}
+	ws, err := s.Workspace(name)
+	if err != nil {
+		return err
+	}
+	installed := false
+	defer func() {
+		if !installed {
+			killInside(ws)
+			if err := s.RemoveTree(ws); err != nil {
+				s.log().Error("removing the workspace of a failed create", "path", ws, "err", err)
+			}
+		}
+	}()
+	eatmydata, _ := exec.LookPath("eatmydata")
+	c := DebootstrapCommand(o, ws, eatmydata)
+	s.log().Info("creating image", "image", name, "suite", o.Suite, "workspace", ws, "cmd", c.String())
+	start := time.Now()
+	if err := s.run(ctx, c, ws, o); err != nil {
+		return fmt.Errorf("create image %s: %w", name, err)
+	}
+	// debootstrap unmounts what it mounted on success; make sure, since a
+	// mount left below the image would be renamed with it.
+	if err := unmountBelow(ws); err != nil {
+		return fmt.Errorf("create image %s: %w", name, err)
+	}
+	if err := s.Install(name, ws); err != nil {
+		return err
+	}
+	installed = true
+	m := Meta{Created: time.Now().UTC(), Suite: o.Suite, Mirror: o.Mirror, Packages: Packages(o.Packages)}
+	if err := s.WriteMeta(name, m); err != nil {
+		s.log().Warn("image created, but its metadata was not written", "image", name, "err", err)
+	}
+	s.log().Info("created image", "image", name, "path", s.path(name), "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// exists fails with ErrExists when image name exists.
+func (s *Store) exists(name string) error {
+	if _, err := os.Lstat(s.path(name)); err == nil {
+		return fmt.Errorf("image %q already exists in %s (remove it first with nspawn-runner chroot-remove %s): %w", name, s.Root, name, ErrExists)
+	}
+	return nil
+}
+
+// run runs debootstrap in its own process group, feeding its output to the
+// progress display, the debug log and a tail kept for errors. On ctx's end
+// the whole group is killed: debootstrap runs dpkg and maintainer scripts
+// in the target, and those must stop before the workspace is removed.
+func (s *Store) run(ctx context.Context, c Command, ws string, o CreateOptions) error {
+	cmd := exec.Command(c.Path, c.Args...)
+	cmd.Env = append(os.Environ(), c.Env...)
+	cmd.Dir = "/"
+	// Setpgid: one kill(-pgid) reaches debootstrap's children too.
+	// Pdeathsig: when nspawn-runner itself is SIGKILLed, debootstrap dies
+	// with it instead of finishing an image nobody will install; the next
+	// create kills the stragglers and removes the workspace.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("%s: %w", c, err)
+	}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		pr.Close()
+		pw.Close()
+		return fmt.Errorf("%s: %w", c, err)
+	}
+	pw.Close()
+	tail := &tailBuffer{max: 40}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p := &progress{w: o.Progress, interactive: o.Interactive}
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64*1024), 1024*1024)
+		for sc.Scan() {
+			line := sc.Text()
+			tail.add(line)
+			s.log().Debug("debootstrap", "line", line)
+			if ev, ok := ParseLine(line); ok {
+				p.event(ev)
+			}
+		}
+		p.clear()
+		// Drain whatever is left so debootstrap never blocks on a full pipe.
+		_, _ = io.Copy(io.Discard, pr)
+	}()
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	var werr error
+	select {
+	case werr = <-waited:
+	case <-ctx.Done():
+		s.log().Info("stopping debootstrap", "pid", cmd.Process.Pid, "cause", context.Cause(ctx))
+		_ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
+		<-waited
+		killInside(ws)
+		pr.Close()
+		<-done
+		return fmt.Errorf("%s: interrupted: %w", c, context.Cause(ctx))
+	}
+	// A daemon a maintainer script started in the target may still hold
+	// the pipe: do not wait for it forever.
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+	pr.Close()
+	<-done
+	if werr != nil {
+		msg := tail.String()
+		if log := logTail(filepath.Join(ws, "debootstrap", "debootstrap.log")); log != "" {
+			msg += "\n--- " + filepath.Join("debootstrap", "debootstrap.log") + " ---\n" + log
+		}
+		return fmt.Errorf("%s: %w\n%s", c, werr, msg)
+	}
+	return nil
+}
+
+// logTail returns the last lines of debootstrap's own log, which holds
+// dpkg's error when a package fails to install.
+func logTail(p string) string {
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return ""
+	}
+	t := &tailBuffer{max: 20}
+	for _, l := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
+		t.add(l)
+	}
+	return t.String()
+}
+
+// tailBuffer keeps the last max lines written to it.
+type tailBuffer struct {
+	max   int
+	lines []string
+}
+
+func (t *tailBuffer) add(l string) {
+	if len(l) > 500 {
+		l = l[:500] + "..."
+	}
+	t.lines = append(t.lines, l)
+	if len(t.lines) > t.max {
+		t.lines = t.lines[len(t.lines)-t.max:]
+	}
+}
+
+func (t *tailBuffer) String() string {
+	var b bytes.Buffer
+	for i, l := range t.lines {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		b.WriteString(l)
+	}
+	return b.String()
 }

@@ -48,6 +48,9 @@ type Store struct {
 	Root string
 	// Log receives what the store does; nil discards it.
 	Log *slog.Logger
+	// LoginPrefix starts the machine names of Login; empty means
+	// DefaultLoginPrefix.
+	LoginPrefix string
 }
 
 // Image is one base image on disk.
