@@ -45,12 +45,16 @@ type ExecutorConfig struct {
 
 // NewExecutorConfig returns the config stage's answer for a runner host
 // called hostname running this build (version). Every job has a machine
-// of its own, so the builds dir is never shared between concurrent jobs.
-func NewExecutorConfig(hostname, version string) ExecutorConfig {
+// of its own, so an ephemeral builds dir is never shared between
+// concurrent jobs. A persistent one (gitlab.builds_dir) is: two jobs of one
+// project may run at once on the same host directory, so gitlab-runner is
+// told it is shared and then gives each concurrent job its own
+// subdirectory (builds/<runner>/<concurrent id>/<project path>).
+func NewExecutorConfig(hostname, version string, persistentBuilds bool) ExecutorConfig {
 	return ExecutorConfig{
 		BuildsDir:         MachineBuildsDir,
 		CacheDir:          MachineCacheDir,
-		BuildsDirIsShared: false,
+		BuildsDirIsShared: persistentBuilds,
 		Hostname:          hostname,
 		Driver:            Driver{Name: DriverName, Version: version},
 		Shell:             "bash",

@@ -16,7 +16,7 @@ func TestExecutorConfigJSON(t *testing.T) {
 	}{
 		{
 			name: "default",
-			cfg:  NewExecutorConfig("ci1", "v1.2.3"),
+			cfg:  NewExecutorConfig("ci1", "v1.2.3", false),
 			want: map[string]any{
 				"builds_dir": "/builds", "cache_dir": "/cache", "builds_dir_is_shared": false,
 				"hostname": "ci1", "shell": "bash",
@@ -25,9 +25,9 @@ func TestExecutorConfigJSON(t *testing.T) {
 		},
 		{
 			name: "quotes in hostname and version are escaped",
-			cfg:  NewExecutorConfig(`h"1`, "dev\n"),
+			cfg:  NewExecutorConfig(`h"1`, "dev\n", true),
 			want: map[string]any{
-				"builds_dir": "/builds", "cache_dir": "/cache", "builds_dir_is_shared": false,
+				"builds_dir": "/builds", "cache_dir": "/cache", "builds_dir_is_shared": true,
 				"hostname": `h"1`, "shell": "bash",
 				"driver": map[string]any{"name": "nspawn-runner", "version": "dev\n"},
 			},

@@ -17,7 +17,7 @@ import (
 func registerGitLab(app *kingpin.Application, g *globals, cmds commands) {
 	app.Command("gitlab-config", "Executor config stage: print the JSON gitlab-runner expects.")
 	cmds["gitlab-config"] = &command{stage: true, run: func(context.Context) error {
-		return gitlabConfig(os.Stdout)
+		return gitlabConfig(os.Stdout, g)
 	}}
 
 	toml := app.Command("toml", "Print a [[runners]] section for /etc/gitlab-runner/config.toml.")
@@ -29,12 +29,12 @@ func registerGitLab(app *kingpin.Application, g *globals, cmds commands) {
 
 // gitlabConfig prints the config stage's JSON, and nothing else, on w:
 // gitlab-runner parses all of standard output.
-func gitlabConfig(w io.Writer) error {
+func gitlabConfig(w io.Writer, g *globals) error {
 	host, err := os.Hostname()
 	if err != nil {
 		return fmt.Errorf("hostname: %w", err)
 	}
-	b, err := gitlab.NewExecutorConfig(host, version).JSON()
+	b, err := gitlab.NewExecutorConfig(host, version, g.cfg.GitLab.BuildsDir != "").JSON()
 	if err != nil {
 		return err
 	}

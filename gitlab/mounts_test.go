@@ -1,0 +1,86 @@
+package gitlab
+
+import (
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestPlanMounts(t *testing.T) {
+	proj := Project{Instance: "https://gitlab.example.com", ID: 5}
+	key := proj.Key()
+	noProject := errors.New("job_info.project_id missing")
+	for _, tc := range []struct {
+		name    string
+		in      MountInput
+		mounts  []Mount
+		notices []string // substrings, one per notice
+	}{
+		{
+			name: "cache and runner",
+			in:   MountInput{CacheRoot: "/var/cache/nr", RunnerBinary: "/usr/bin/gitlab-runner", Project: proj},
+			mounts: []Mount{
+				{Host: "/var/cache/nr/" + key, Machine: "/cache", Dir: true},
+				{Host: "/usr/bin/gitlab-runner", Machine: MachineRunnerBinary, ReadOnly: true},
+			},
+		},
+		{
+			name: "persistent builds",
+			in:   MountInput{CacheRoot: "/c", BuildsRoot: "/b", RunnerBinary: "/r", Project: proj},
+			mounts: []Mount{
+				{Host: "/c/" + key, Machine: "/cache", Dir: true},
+				{Host: "/b/" + key, Machine: "/builds", Dir: true},
+				{Host: "/r", Machine: MachineRunnerBinary, ReadOnly: true},
+			},
+		},
+		{
+			name:    "no runner binary",
+			in:      MountInput{CacheRoot: "/c", Project: proj},
+			mounts:  []Mount{{Host: "/c/" + key, Machine: "/cache", Dir: true}},
+			notices: []string{"caches and artifacts are disabled"},
+		},
+		{
+			name:    "unknown project keeps nothing",
+			in:      MountInput{CacheRoot: "/c", BuildsRoot: "/b", RunnerBinary: "/r", ProjectErr: noProject},
+			mounts:  []Mount{{Host: "/r", Machine: MachineRunnerBinary, ReadOnly: true}},
+			notices: []string{"project_id missing"},
+		},
+		{
+			name: "nothing persistent configured",
+			in:   MountInput{RunnerBinary: "/r", ProjectErr: noProject},
+			mounts: []Mount{
+				{Host: "/r", Machine: MachineRunnerBinary, ReadOnly: true},
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := PlanMounts(tc.in)
+			if !reflect.DeepEqual(p.Mounts, tc.mounts) {
+				t.Errorf("PlanMounts mounts = %+v, want %+v", p.Mounts, tc.mounts)
+			}
+			if len(p.Notices) != len(tc.notices) {
+				t.Fatalf("PlanMounts notices = %q, want %d", p.Notices, len(tc.notices))
+			}
+			for i, n := range tc.notices {
+				if !strings.Contains(p.Notices[i], n) {
+					t.Errorf("notice %q lacks %q", p.Notices[i], n)
+				}
+			}
+		})
+	}
+}
+
+// Two projects, or one project id on two instances, never share a dir.
+func TestPlanMountsSeparatesProjects(t *testing.T) {
+	dirs := map[string]Project{}
+	for _, p := range []Project{
+		{"https://a.example", 5}, {"https://a.example", 6}, {"https://b.example", 5},
+	} {
+		m := PlanMounts(MountInput{CacheRoot: "/c", RunnerBinary: "/r", Project: p}).Mounts[0].Host
+		if q, dup := dirs[m]; dup {
+			t.Errorf("%+v and %+v share cache dir %s", p, q, m)
+		}
+		dirs[m] = p
+	}
+}
