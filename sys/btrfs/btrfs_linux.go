@@ -72,7 +72,13 @@ func IsSubvolume(path string) (bool, error) {
 
 // Create makes a new empty subvolume at path.
 func Create(path string) error {
-	if err := cbtrfs.SubvolCreate(filepath.Clean(path)); err != nil {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return fmt.Errorf("create subvolume %s: %w", path, err)
+	}
+	// containerd/btrfs splits the path and opens the parent: a bare
+	// relative name would leave it an empty directory name.
+	if err := cbtrfs.SubvolCreate(abs); err != nil {
 		return fmt.Errorf("create subvolume %s: %w", path, err)
 	}
 	return nil
@@ -100,7 +106,11 @@ func Snapshot(src, dst string, opts ...SnapshotOption) error {
 	} else if !ok {
 		return fmt.Errorf("snapshot %s -> %s: %s: %w", src, dst, src, ErrNotSubvolume)
 	}
-	if err := cbtrfs.SubvolSnapshot(filepath.Clean(dst), filepath.Clean(src), ro); err != nil {
+	absDst, err := filepath.Abs(dst)
+	if err != nil {
+		return fmt.Errorf("snapshot %s -> %s: %w", src, dst, err)
+	}
+	if err := cbtrfs.SubvolSnapshot(absDst, filepath.Clean(src), ro); err != nil {
 		return fmt.Errorf("snapshot %s -> %s: %w", src, dst, err)
 	}
 	return nil
@@ -116,11 +126,19 @@ const (
 )
 
 // Delete removes the subvolume at path and every subvolume nested in it,
-// deepest first. Read-only subvolumes are made writable first, because
-// the kernel refuses to descend into them otherwise. A path that does not
-// exist is not an error.
+// deepest first. A path that does not exist is not an error; a directory
+// that is not a subvolume is ErrNotSubvolume.
+//
+// It tries BTRFS_IOC_SNAP_DESTROY at once; only when the kernel refuses
+// with ENOTEMPTY (the subvolume has nested subvolumes, may_destroy_subvol()
+// in fs/btrfs/inode.c) does it walk the directories to find them. The
+// parents of nested subvolumes, read-only ones included, are made writable
+// first, because removing an entry from a read-only subvolume fails.
 func Delete(path string, opts ...DeleteOption) error {
-	path = filepath.Clean(path)
+	path, err := filepath.Abs(path)
+	if err != nil {
+		return fmt.Errorf("delete subvolume %s: %w", path, err)
+	}
 	if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
@@ -131,14 +149,7 @@ func Delete(path string, opts ...DeleteOption) error {
 	if !ok {
 		return fmt.Errorf("delete subvolume %s: %w", path, ErrNotSubvolume)
 	}
-	// Nested subvolumes of a read-only subvolume cannot be removed until
-	// the parent is writable again.
-	if ro, err := IsReadOnly(path); err == nil && ro {
-		if err := SetReadOnly(path, false); err != nil {
-			return fmt.Errorf("delete subvolume %s: %w", path, err)
-		}
-	}
-	if err := cbtrfs.SubvolDelete(path); err != nil {
+	if err := deleteTree(path); err != nil {
 		return fmt.Errorf("delete subvolume %s: %w", path, err)
 	}
 	for _, o := range opts {
@@ -149,6 +160,105 @@ func Delete(path string, opts ...DeleteOption) error {
 		}
 	}
 	return nil
+}
+
+func deleteTree(path string) error {
+	err := destroy(path)
+	if err != unix.ENOTEMPTY {
+		return err
+	}
+	if ro, err := IsReadOnly(path); err != nil {
+		return err
+	} else if ro {
+		if err := SetReadOnly(path, false); err != nil {
+			return err
+		}
+	}
+	nested, err := nestedSubvolumes(path)
+	if err != nil {
+		return err
+	}
+	for _, n := range nested {
+		if err := deleteTree(n); err != nil {
+			return err
+		}
+	}
+	if err := destroy(path); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// btrfsIoctlVolArgs mirrors struct btrfs_ioctl_vol_args
+// (linux/include/uapi/linux/btrfs.h): __s64 fd; char name[BTRFS_PATH_NAME_MAX + 1].
+type btrfsIoctlVolArgs struct {
+	fd   int64
+	name [4088]byte
+}
+
+// iocSnapDestroy is BTRFS_IOC_SNAP_DESTROY: _IOW(BTRFS_IOCTL_MAGIC, 15, struct btrfs_ioctl_vol_args).
+const iocSnapDestroy = 0x5000940f
+
+// destroy deletes the one subvolume at path (an absolute, clean path); the
+// kernel fails with ENOTEMPTY if it holds nested subvolumes.
+func destroy(path string) error {
+	dir, name := filepath.Split(path)
+	var args btrfsIoctlVolArgs
+	if len(name) == 0 || len(name) >= len(args.name) {
+		return fmt.Errorf("subvolume name %q: %w", name, unix.EINVAL)
+	}
+	copy(args.name[:], name)
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return ioctl(f.Fd(), iocSnapDestroy, uintptr(unsafe.Pointer(&args)))
+}
+
+// nestedSubvolumes returns the subvolumes nested directly in the subvolume
+// at root: directories with the subvolume root inode number, not descending
+// into them. Only directories are looked at (d_type from getdents), so a
+// tree of many files costs little.
+func nestedSubvolumes(root string) ([]string, error) {
+	var out []string
+	var walk func(dir string) error
+	walk = func(dir string) error {
+		f, err := os.Open(dir)
+		if err != nil {
+			return err
+		}
+		ents, err := f.ReadDir(-1)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			if !e.IsDir() {
+				continue
+			}
+			p := filepath.Join(dir, e.Name())
+			var st unix.Stat_t
+			if err := unix.Lstat(p, &st); err != nil {
+				if errors.Is(err, unix.ENOENT) {
+					continue
+				}
+				return fmt.Errorf("stat %s: %w", p, err)
+			}
+			if st.Ino == btrfsFirstFreeObjectID {
+				out = append(out, p)
+				continue
+			}
+			if err := walk(p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := walk(root); err != nil {
+		return nil, fmt.Errorf("find nested subvolumes of %s: %w", root, err)
+	}
+	return out, nil
 }
 
 // Sync starts a transaction commit on the filesystem holding path and waits

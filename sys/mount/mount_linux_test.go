@@ -1,4 +1,4 @@
-package mount
+package mount_test
 
 import (
 	"errors"
@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
+	"github.com/nspawn-runner/nspawn-runner/sys/mount"
 	"golang.org/x/sys/unix"
 )
 
@@ -20,23 +21,23 @@ func mountDir(t *testing.T) string {
 	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	t.Cleanup(func() {
-		if err := UnmountAll(dir); err != nil {
-			t.Errorf("UnmountAll(%s): %v", dir, err)
+		if err := mount.UnmountAll(dir); err != nil {
+			t.Errorf("mount.UnmountAll(%s): %v", dir, err)
 		}
 	})
 	return dir
 }
 
-// keep(t)(Bind(...)) fails the test on error and unmounts at its end.
-func keep(t *testing.T) func(*Mount, error) *Mount {
-	return func(m *Mount, err error) *Mount {
+// keep(t)(mount.Bind(...)) fails the test on error and unmounts at its end.
+func keep(t *testing.T) func(*mount.Mount, error) *mount.Mount {
+	return func(m *mount.Mount, err error) *mount.Mount {
 		t.Helper()
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
 			if err := m.Unmount(); err != nil {
-				t.Errorf("Unmount(%s): %v", m.Target, err)
+				t.Errorf("mount.Unmount(%s): %v", m.Target, err)
 			}
 		})
 		return m
@@ -68,13 +69,13 @@ func readFile(t *testing.T, p string) string {
 	return string(b)
 }
 
-func findMount(t *testing.T, target string) (Info, bool) {
+func findMount(t *testing.T, target string) (mount.Info, bool) {
 	t.Helper()
-	infos, err := Mountinfo()
+	infos, err := mount.Mountinfo()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var found Info
+	var found mount.Info
 	ok := false
 	for _, in := range infos {
 		if in.Mountpoint == target {
@@ -86,9 +87,9 @@ func findMount(t *testing.T, target string) (Info, bool) {
 
 func isMountPoint(t *testing.T, p string) bool {
 	t.Helper()
-	ok, err := IsMountPoint(p)
+	ok, err := mount.IsMountPoint(p)
 	if err != nil {
-		t.Fatalf("IsMountPoint(%s): %v", p, err)
+		t.Fatalf("mount.IsMountPoint(%s): %v", p, err)
 	}
 	return ok
 }
@@ -100,14 +101,14 @@ func TestBind(t *testing.T) {
 	writeFile(t, filepath.Join(src, "f"), "hello")
 
 	if isMountPoint(t, dst) {
-		t.Fatalf("IsMountPoint(%s) = true before mounting", dst)
+		t.Fatalf("mount.IsMountPoint(%s) = true before mounting", dst)
 	}
-	m := keep(t)(Bind(src, dst))
+	m := keep(t)(mount.Bind(src, dst))
 	if got := readFile(t, filepath.Join(dst, "f")); got != "hello" {
 		t.Errorf("bind mount shows %q, want hello", got)
 	}
 	if !isMountPoint(t, dst) {
-		t.Errorf("IsMountPoint(%s) = false after a bind of the same filesystem", dst)
+		t.Errorf("mount.IsMountPoint(%s) = false after a bind of the same filesystem", dst)
 	}
 	in, ok := findMount(t, dst)
 	if !ok {
@@ -126,14 +127,14 @@ func TestBind(t *testing.T) {
 	if err := m.Unmount(); err != nil {
 		t.Errorf("second Unmount: %v", err)
 	}
-	if err := Unmount(dst); err != nil {
-		t.Errorf("Unmount of a path not mounted: %v", err)
+	if err := mount.Unmount(dst); err != nil {
+		t.Errorf("mount.Unmount of a path not mounted: %v", err)
 	}
-	if err := Unmount(filepath.Join(dir, "missing")); err != nil {
-		t.Errorf("Unmount of a missing path: %v", err)
+	if err := mount.Unmount(filepath.Join(dir, "missing")); err != nil {
+		t.Errorf("mount.Unmount of a missing path: %v", err)
 	}
 	if isMountPoint(t, dst) {
-		t.Errorf("IsMountPoint(%s) = true after Unmount", dst)
+		t.Errorf("mount.IsMountPoint(%s) = true after Unmount", dst)
 	}
 }
 
@@ -144,19 +145,19 @@ func TestUnmountHandleIdempotentWithStack(t *testing.T) {
 	a, b, dst := filepath.Join(dir, "a"), filepath.Join(dir, "b"), filepath.Join(dir, "dst")
 	mkdirs(t, a, b, dst)
 	writeFile(t, filepath.Join(b, "which"), "b")
-	m1, err := Bind(a, dst)
+	m1, err := mount.Bind(a, dst)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := m1.Unmount(); err != nil {
 		t.Fatal(err)
 	}
-	keep(t)(Bind(b, dst))
+	keep(t)(mount.Bind(b, dst))
 	if err := m1.Unmount(); err != nil {
 		t.Fatal(err)
 	}
 	if got := readFile(t, filepath.Join(dst, "which")); got != "b" {
-		t.Errorf("a repeated Unmount removed a later mount: dst/which = %q", got)
+		t.Errorf("a repeated mount.Unmount removed a later mount: dst/which = %q", got)
 	}
 }
 
@@ -165,7 +166,7 @@ func TestBindReadOnly(t *testing.T) {
 	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
 	mkdirs(t, src, dst)
 	writeFile(t, filepath.Join(src, "f"), "x")
-	keep(t)(Bind(src, dst, ReadOnly))
+	keep(t)(mount.Bind(src, dst, mount.ReadOnly))
 	err := os.WriteFile(filepath.Join(dst, "f"), []byte("y"), 0o644)
 	if !errors.Is(err, unix.EROFS) {
 		t.Errorf("write into a read-only bind: %v, want EROFS", err)
@@ -190,8 +191,8 @@ func TestBindReadOnlyKeepsFlags(t *testing.T) {
 	if err := unix.Mount("tmpfs", fs, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "size=1m"); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = Unmount(fs) })
-	keep(t)(Bind(fs, dst, ReadOnly))
+	t.Cleanup(func() { _ = mount.Unmount(fs) })
+	keep(t)(mount.Bind(fs, dst, mount.ReadOnly))
 	in, _ := findMount(t, dst)
 	opts := strings.Split(in.Options, ",")
 	for _, o := range []string{"ro", "nosuid", "nodev", "noexec"} {
@@ -205,10 +206,10 @@ func TestBindRecursiveReadOnly(t *testing.T) {
 	dir := mountDir(t)
 	src, sub, dst := filepath.Join(dir, "src"), filepath.Join(dir, "src", "sub"), filepath.Join(dir, "dst")
 	mkdirs(t, sub, dst)
-	keep(t)(Tmpfs(sub, 1<<20, 0o755))
+	keep(t)(mount.Tmpfs(sub, 1<<20, 0o755))
 	writeFile(t, filepath.Join(sub, "f"), "in the submount")
 
-	keep(t)(Bind(src, dst, Recursive, ReadOnly))
+	keep(t)(mount.Bind(src, dst, mount.Recursive, mount.ReadOnly))
 	if got := readFile(t, filepath.Join(dst, "sub", "f")); got != "in the submount" {
 		t.Errorf("recursive bind shows %q for the submount", got)
 	}
@@ -230,7 +231,7 @@ func TestOverlay(t *testing.T) {
 	writeFile(t, filepath.Join(l2, "bottom"), "l2")
 	writeFile(t, filepath.Join(l2, "gone"), "l2")
 
-	m := keep(t)(Overlay(dst, []string{l1, l2}, upper, work))
+	m := keep(t)(mount.Overlay(dst, []string{l1, l2}, upper, work))
 	if m.Fstype != "overlay" {
 		t.Errorf("Fstype = %q", m.Fstype)
 	}
@@ -277,7 +278,7 @@ func TestOverlayReadOnly(t *testing.T) {
 	dir := mountDir(t)
 	l1, l2, dst := filepath.Join(dir, "l1"), filepath.Join(dir, "l2"), filepath.Join(dir, "merged")
 	mkdirs(t, l1, l2, dst)
-	keep(t)(Overlay(dst, []string{l1, l2}, "", ""))
+	keep(t)(mount.Overlay(dst, []string{l1, l2}, "", ""))
 	if err := os.WriteFile(filepath.Join(dst, "x"), nil, 0o644); !errors.Is(err, unix.EROFS) {
 		t.Errorf("write into a read-only overlay: %v, want EROFS", err)
 	}
@@ -285,13 +286,13 @@ func TestOverlayReadOnly(t *testing.T) {
 
 func TestOverlayError(t *testing.T) {
 	dir := mountDir(t)
-	_, err := Overlay(filepath.Join(dir, "missing"), []string{filepath.Join(dir, "nolower")}, filepath.Join(dir, "u"), filepath.Join(dir, "w"))
-	var me *Error
+	_, err := mount.Overlay(filepath.Join(dir, "missing"), []string{filepath.Join(dir, "nolower")}, filepath.Join(dir, "u"), filepath.Join(dir, "w"))
+	var me *mount.Error
 	if !errors.As(err, &me) {
-		t.Fatalf("Overlay with missing dirs: %v, want a *mount.Error", err)
+		t.Fatalf("mount.Overlay with missing dirs: %v, want a *mount.Error", err)
 	}
 	if me.Fstype != "overlay" || !strings.Contains(me.Data, "lowerdir=") {
-		t.Errorf("Error = %+v", me)
+		t.Errorf("mount.Error = %+v", me)
 	}
 }
 
@@ -299,7 +300,7 @@ func TestTmpfs(t *testing.T) {
 	dir := mountDir(t)
 	dst := filepath.Join(dir, "tmp")
 	mkdirs(t, dst)
-	keep(t)(Tmpfs(dst, 4<<20, 0o1777|os.ModeSticky))
+	keep(t)(mount.Tmpfs(dst, 4<<20, 0o1777|os.ModeSticky))
 	var st unix.Stat_t
 	if err := unix.Stat(dst, &st); err != nil {
 		t.Fatal(err)
@@ -324,34 +325,34 @@ func TestPropagation(t *testing.T) {
 	dir := mountDir(t)
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	mkdirs(t, a, b)
-	keep(t)(Tmpfs(a, 1<<20, 0o755))
-	if err := MakeShared(a, true); err != nil {
+	keep(t)(mount.Tmpfs(a, 1<<20, 0o755))
+	if err := mount.MakeShared(a, true); err != nil {
 		t.Fatal(err)
 	}
 	if in, _ := findMount(t, a); !strings.Contains(in.Optional, "shared:") {
-		t.Errorf("after MakeShared optional fields = %q, want shared:N", in.Optional)
+		t.Errorf("after mount.MakeShared optional fields = %q, want shared:N", in.Optional)
 	}
 	// b is a peer of a; as a slave it receives a's new mounts.
-	keep(t)(Bind(a, b))
-	if err := MakeSlave(b, false); err != nil {
+	keep(t)(mount.Bind(a, b))
+	if err := mount.MakeSlave(b, false); err != nil {
 		t.Fatal(err)
 	}
 	if in, _ := findMount(t, b); !strings.Contains(in.Optional, "master:") {
-		t.Errorf("after MakeSlave optional fields = %q, want master:N", in.Optional)
+		t.Errorf("after mount.MakeSlave optional fields = %q, want master:N", in.Optional)
 	}
 	mkdirs(t, filepath.Join(a, "sub"))
-	keep(t)(Tmpfs(filepath.Join(a, "sub"), 1<<20, 0o755))
+	keep(t)(mount.Tmpfs(filepath.Join(a, "sub"), 1<<20, 0o755))
 	if !isMountPoint(t, filepath.Join(b, "sub")) {
 		t.Errorf("a mount under the master did not propagate to the slave")
 	}
-	if err := MakePrivate(b, true); err != nil {
+	if err := mount.MakePrivate(b, true); err != nil {
 		t.Fatal(err)
 	}
 	if in, _ := findMount(t, b); in.Optional != "" {
-		t.Errorf("after MakePrivate optional fields = %q, want none", in.Optional)
+		t.Errorf("after mount.MakePrivate optional fields = %q, want none", in.Optional)
 	}
-	if err := MakePrivate(filepath.Join(dir, "missing"), false); err == nil {
-		t.Errorf("MakePrivate of a missing path succeeded")
+	if err := mount.MakePrivate(filepath.Join(dir, "missing"), false); err == nil {
+		t.Errorf("mount.MakePrivate of a missing path succeeded")
 	}
 }
 
@@ -359,42 +360,42 @@ func TestUnmountAll(t *testing.T) {
 	dir := mountDir(t)
 	root := filepath.Join(dir, "root with space")
 	mkdirs(t, root)
-	if _, err := Tmpfs(root, 8<<20, 0o755); err != nil {
+	if _, err := mount.Tmpfs(root, 8<<20, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	for _, d := range []string{"a", "a/b", "a/b/c", "d"} {
 		p := filepath.Join(root, d)
 		mkdirs(t, p)
-		if _, err := Tmpfs(p, 1<<20, 0o755); err != nil {
+		if _, err := mount.Tmpfs(p, 1<<20, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// Two mounts stacked on one point.
-	if _, err := Tmpfs(filepath.Join(root, "d"), 1<<20, 0o755); err != nil {
+	if _, err := mount.Tmpfs(filepath.Join(root, "d"), 1<<20, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	// A sibling with a common string prefix must survive.
 	sibling := root + "x"
 	mkdirs(t, sibling)
-	keep(t)(Tmpfs(sibling, 1<<20, 0o755))
+	keep(t)(mount.Tmpfs(sibling, 1<<20, 0o755))
 
 	if n := len(mountsBelow(t, root)); n != 6 {
 		t.Fatalf("mountinfo shows %d mounts under %s, want 6", n, root)
 	}
-	if err := UnmountAll(root); err != nil {
+	if err := mount.UnmountAll(root); err != nil {
 		t.Fatal(err)
 	}
 	if left := mountsBelow(t, root); len(left) != 0 {
 		t.Errorf("left mounted: %q", left)
 	}
 	if _, ok := findMount(t, sibling); !ok {
-		t.Errorf("UnmountAll(%s) unmounted the sibling %s", root, sibling)
+		t.Errorf("mount.UnmountAll(%s) unmounted the sibling %s", root, sibling)
 	}
-	if err := UnmountAll(root); err != nil {
+	if err := mount.UnmountAll(root); err != nil {
 		t.Errorf("second UnmountAll: %v", err)
 	}
-	if err := UnmountAll(filepath.Join(dir, "missing")); err != nil {
-		t.Errorf("UnmountAll of a missing path: %v", err)
+	if err := mount.UnmountAll(filepath.Join(dir, "missing")); err != nil {
+		t.Errorf("mount.UnmountAll of a missing path: %v", err)
 	}
 }
 
@@ -402,14 +403,14 @@ func TestUnmountAllThroughSymlink(t *testing.T) {
 	dir := mountDir(t)
 	real := filepath.Join(dir, "real")
 	mkdirs(t, filepath.Join(real, "m"))
-	if _, err := Tmpfs(filepath.Join(real, "m"), 1<<20, 0o755); err != nil {
+	if _, err := mount.Tmpfs(filepath.Join(real, "m"), 1<<20, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	link := filepath.Join(dir, "link")
 	if err := os.Symlink(real, link); err != nil {
 		t.Fatal(err)
 	}
-	if err := UnmountAll(link); err != nil {
+	if err := mount.UnmountAll(link); err != nil {
 		t.Fatal(err)
 	}
 	if left := mountsBelow(t, real); len(left) != 0 {
@@ -419,24 +420,24 @@ func TestUnmountAllThroughSymlink(t *testing.T) {
 
 func mountsBelow(t *testing.T, prefix string) []string {
 	t.Helper()
-	infos, err := Mountinfo()
+	infos, err := mount.Mountinfo()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Below(infos, prefix)
+	return mount.Below(infos, prefix)
 }
 
 func TestIsMountPointMissing(t *testing.T) {
-	if _, err := IsMountPoint(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("IsMountPoint(missing) error = %v, want ErrNotExist", err)
+	if _, err := mount.IsMountPoint(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("mount.IsMountPoint(missing) error = %v, want ErrNotExist", err)
 	}
-	if ok, err := IsMountPoint("/"); err != nil || !ok {
-		t.Errorf("IsMountPoint(/) = %v, %v", ok, err)
+	if ok, err := mount.IsMountPoint("/"); err != nil || !ok {
+		t.Errorf("mount.IsMountPoint(/) = %v, %v", ok, err)
 	}
 }
 
 func TestMountinfoSelf(t *testing.T) {
-	infos, err := Mountinfo()
+	infos, err := mount.Mountinfo()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -445,5 +446,5 @@ func TestMountinfoSelf(t *testing.T) {
 			return
 		}
 	}
-	t.Errorf("Mountinfo() has no proc on /proc: %+v", infos)
+	t.Errorf("mount.Mountinfo() has no proc on /proc: %+v", infos)
 }
