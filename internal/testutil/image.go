@@ -1,15 +1,17 @@
 package testutil
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/nspawn-runner/nspawn-runner/bootstrap"
 	"github.com/nspawn-runner/nspawn-runner/config"
 )
 
@@ -33,6 +35,10 @@ func imageKey(suite string, pkgs []string) string {
 // Image returns the root of a debootstrapped Debian tree, built once and
 // kept in CacheDir() between runs. Tests must treat it as read-only: copy
 // or snapshot it into their own filesystem before changing anything.
+//
+// It is built the way chroot-create builds an image (bootstrap.Store.Create,
+// with a store rooted in the cache entry and the image named "rootfs"), so
+// the image every integration test starts from went through chroot-create.
 func Image(t testing.TB) string {
 	t.Helper()
 	RequireRoot(t)
@@ -48,26 +54,21 @@ func Image(t testing.TB) string {
 	if _, err := os.Stat(filepath.Join(dir, "complete")); err == nil {
 		return rootfs
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		t.Fatal(err)
+	for _, d := range []string{dir, dir + ".tmp"} {
+		if err := removeImageDir(d); err != nil {
+			t.Fatal(err)
+		}
 	}
 	tmp := dir + ".tmp"
-	if err := os.RemoveAll(tmp); err != nil {
-		t.Fatal(err)
-	}
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"--variant=minbase", "--include=" + strings.Join(pkgs, ","), ImageSuite, filepath.Join(tmp, "rootfs")}
-	name := "debootstrap"
-	if p, err := exec.LookPath("eatmydata"); err == nil {
-		args = append([]string{"debootstrap"}, args...)
-		name = p
-	}
-	t.Logf("building the cached test image in %s (about a minute, once)", dir)
-	cmd := exec.Command(name, args...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("debootstrap: %v\n%s", err, tail(out, 4000))
+	t.Logf("building the cached test image in %s through chroot-create (about a minute, once)", dir)
+	store := bootstrap.Store{Root: tmp}
+	var progress strings.Builder
+	o := bootstrap.CreateOptions{Suite: ImageSuite, Packages: pkgs, Progress: &progress}
+	if err := store.Create(context.Background(), "rootfs", o); err != nil {
+		t.Fatalf("create the cached test image: %v\n%s", err, progress.String())
 	}
 	if err := os.WriteFile(filepath.Join(tmp, "complete"), nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -78,9 +79,12 @@ func Image(t testing.TB) string {
 	return rootfs
 }
 
-func tail(b []byte, n int) []byte {
-	if len(b) > n {
-		return b[len(b)-n:]
+// removeImageDir removes a half-built cache entry, through the store so
+// that a subvolume or a mount a killed build left is handled.
+func removeImageDir(d string) error {
+	if _, err := os.Lstat(d); errors.Is(err, os.ErrNotExist) {
+		return nil
 	}
-	return b
+	s := bootstrap.Store{Root: filepath.Dir(d)}
+	return s.RemoveTree(d)
 }
