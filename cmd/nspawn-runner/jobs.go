@@ -2,24 +2,191 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
 
 	"github.com/alecthomas/kingpin/v2"
+
+	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/gitlab"
+	"github.com/nspawn-runner/nspawn-runner/machine"
 )
+
+// machineFlags are the hidden flags that let tests and harnesses keep
+// their machines and cgroups apart from everyone else's.
+type machineFlags struct {
+	namePrefix   string
+	cgroupParent string
+}
+
+func (f *machineFlags) register(c *kingpin.CmdClause) {
+	c.Flag("name-prefix", "Prefix of machine names (default "+machine.DefaultNamePrefix+").").Hidden().StringVar(&f.namePrefix)
+	c.Flag("cgroup-parent", "Parent cgroup of machines (default "+machine.DefaultCgroupParent+").").Hidden().StringVar(&f.cgroupParent)
+}
+
+// manager builds the machine manager from the configuration.
+func (g *globals) manager(f *machineFlags) *machine.Manager {
+	return &machine.Manager{
+		Root:         g.cfg.Root,
+		RunDir:       g.cfg.RunDir,
+		Config:       g.cfg.Machine,
+		Log:          g.log,
+		Images:       g.store(),
+		NamePrefix:   f.namePrefix,
+		CgroupParent: f.cgroupParent,
+	}
+}
+
+// pickImage chooses the job's image: the argument, else the job's image:
+// (mapped as the original tool did), else --default-image, else the
+// configured default; then checks the name and the allowlist.
+func pickImage(arg, defaultFlag string, cfg *config.Config) (string, error) {
+	name := arg
+	for _, n := range []string{gitlab.ImageFromEnv(os.Getenv), defaultFlag, cfg.DefaultImage} {
+		if name == "" {
+			name = n
+		}
+	}
+	if name == "" {
+		return "", errors.New("no image: the job names none (image:), and there is no --default-image or default_image in the config")
+	}
+	if err := config.CheckImageName(name); err != nil {
+		return "", err
+	}
+	if len(cfg.AllowedImages) > 0 && !slices.Contains(cfg.AllowedImages, name) {
+		return "", fmt.Errorf("image %q is not allowed on this runner; allowed: %s", name, strings.Join(cfg.AllowedImages, ", "))
+	}
+	return name, nil
+}
 
 // registerJobs wires the executor stages and the machine commands.
 func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
-	for _, c := range []struct {
-		name, help string
-		stage      bool
-	}{
-		{"prepare", "Executor prepare stage: start the job's machine.", true},
-		{"run", "Executor run stage: run a stage script in the job's machine.", true},
-		{"cleanup", "Executor cleanup stage: destroy the job's machine.", true},
-		{"gc", "Remove what machines that are gone left behind.", false},
-		{"ps", "List running machines.", false},
-	} {
-		app.Command(c.name, c.help)
-		name := c.name
-		cmds[name] = &command{stage: c.stage, run: func(context.Context) error { return errNotBuilt(name) }}
+	var prep struct {
+		machineFlags
+		image, id, defaultImage, mode string
 	}
+	c := app.Command("prepare", "Executor prepare stage: start the job's machine.")
+	c.Arg("image", "Image name (default: the job's image:, else --default-image, else default_image).").StringVar(&prep.image)
+	c.Flag("id", "Job id (harnesses; default: from JOB_RESPONSE_FILE).").PlaceHolder("ID").StringVar(&prep.id)
+	c.Flag("default-image", "Image when the job names none.").PlaceHolder("NAME").StringVar(&prep.defaultImage)
+	c.Flag("mode", "boot or fast (default: machine.mode of the config).").PlaceHolder("MODE").EnumVar(&prep.mode, config.ModeBoot, config.ModeFast)
+	prep.register(c)
+	cmds["prepare"] = &command{stage: true, run: func(ctx context.Context) error {
+		job, err := gitlab.JobFromEnv(os.Getenv, prep.id)
+		if err != nil {
+			return err
+		}
+		image, err := pickImage(prep.image, prep.defaultImage, &g.cfg)
+		if err != nil {
+			return err
+		}
+		binds, err := jobBinds(g, job)
+		if err != nil {
+			return err
+		}
+		path, env, err := jobEnv(g, job)
+		if err != nil {
+			return err
+		}
+		m := g.manager(&prep.machineFlags)
+		name, err := m.Prepare(ctx, machine.PrepareRequest{JobID: job.ID, Key: job.Key, Image: image, Mode: prep.mode, Binds: binds, Path: path, Env: env})
+		if err != nil {
+			return err
+		}
+		fmt.Printf("Machine %s is running image %s\n", name, image)
+		return nil
+	}}
+
+	var run struct {
+		machineFlags
+		id   string
+		args []string
+	}
+	c = app.Command("run", "Executor run stage: run a stage script in the job's machine.")
+	c.Flag("id", "Job id (harnesses; default: from JOB_RESPONSE_FILE).").PlaceHolder("ID").StringVar(&run.id)
+	c.Arg("args", "[RUN_ARGS...] SCRIPT [STAGE]: gitlab-runner passes the script and the stage last.").Required().StringsVar(&run.args)
+	run.register(c)
+	cmds["run"] = &command{stage: true, run: func(ctx context.Context) error {
+		job, err := gitlab.JobFromEnv(os.Getenv, run.id)
+		if err != nil {
+			return err
+		}
+		script, stage := run.args[len(run.args)-1], ""
+		if len(run.args) >= 2 {
+			script, stage = run.args[len(run.args)-2], run.args[len(run.args)-1]
+		}
+		err = g.manager(&run.machineFlags).Run(ctx, machine.RunRequest{JobID: job.ID, Key: job.Key, Script: script, Stage: stage})
+		var ee *machine.ExitError
+		if errors.As(err, &ee) {
+			return &gitlab.BuildFailure{Code: ee.Code}
+		}
+		return err
+	}}
+
+	var clean struct {
+		machineFlags
+		id string
+	}
+	c = app.Command("cleanup", "Executor cleanup stage: destroy the job's machine.")
+	c.Flag("id", "Job id (harnesses; default: from JOB_RESPONSE_FILE).").PlaceHolder("ID").StringVar(&clean.id)
+	clean.register(c)
+	cmds["cleanup"] = &command{stage: true, run: func(ctx context.Context) error {
+		job, err := gitlab.JobFromEnv(os.Getenv, clean.id)
+		if err != nil {
+			return err
+		}
+		return g.manager(&clean.machineFlags).Cleanup(ctx, job.ID, job.Key)
+	}}
+
+	var gc struct {
+		machineFlags
+		maxAge time.Duration
+	}
+	c = app.Command("gc", "Remove what machines that are gone left behind (and, with --max-age, machines older than that) and unused retired images.")
+	c.Flag("max-age", "Also stop machines older than this (e.g. 3h).").PlaceHolder("DURATION").DurationVar(&gc.maxAge)
+	gc.register(c)
+	cmds["gc"] = &command{run: func(ctx context.Context) error {
+		res, err := g.manager(&gc.machineFlags).GC(ctx, gc.maxAge)
+		for _, n := range res.Machines {
+			fmt.Printf("removed machine %s\n", n)
+		}
+		for _, t := range res.Images {
+			fmt.Printf("removed retired image tree %s\n", t)
+		}
+		return err
+	}}
+
+	var ps struct {
+		machineFlags
+		json bool
+	}
+	c = app.Command("ps", "List machines: id, image, mode, storage, age, memory, state.")
+	c.Flag("json", "Print JSON.").BoolVar(&ps.json)
+	ps.register(c)
+	cmds["ps"] = &command{run: func(ctx context.Context) error {
+		list, err := g.manager(&ps.machineFlags).List(ctx)
+		if err != nil {
+			return err
+		}
+		if ps.json {
+			if list == nil {
+				list = []machine.Status{}
+			}
+			enc := json.NewEncoder(os.Stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(list)
+		}
+		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(w, "MACHINE\tJOB\tIMAGE\tMODE\tSTORAGE\tAGE\tMEMORY\tSTATE")
+		for _, s := range list {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%.1fM\t%s\n", s.Name, s.JobID, s.Image, s.Mode, s.Storage, s.Age, float64(s.Memory)/(1<<20), s.State)
+		}
+		return w.Flush()
+	}}
 }

@@ -1,0 +1,17 @@
+// Package machine is the lifecycle of one CI job's systemd-nspawn machine:
+// it names the machine after the job, plans its storage, cgroup and
+// systemd-nspawn command line (pure functions), starts it, enters it once
+// per stage, stops it, and removes everything it left, including after a
+// crash or SIGKILL at any point (Cleanup and GC work from names and
+// discover what exists).
+//
+// On disk, per machine NAME:
+//
+//	RUN_DIR/machines/NAME.json   state record (written atomically, first)
+//	RUN_DIR/machines/NAME.lock   flock held by prepare, cleanup and gc
+//	RUN_DIR/machines/NAME/       nspawn.log, scripts/ (bound read-only
+//	                             into the machine at /run/nspawn-runner)
+//	ROOT/.machines/NAME/         root/ (btrfs snapshot, or overlay mount
+//	                             over upper/ and work/)
+//	CGROUP2/PARENT/NAME          the machine's cgroup (limits, kill)
+package machine

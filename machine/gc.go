@@ -1,0 +1,212 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/sys/ns"
+)
+
+// GCResult is what GC removed.
+type GCResult struct {
+	Machines []string
+	Images   []string
+}
+
+// GC removes everything of machines whose systemd-nspawn is gone (crash,
+// reboot, SIGKILL at any point) and, with maxAge > 0, stops and removes
+// machines older than that; then it removes retired image trees that no
+// running machine uses. Machines being prepared or cleaned up (their lock
+// is held) are left alone, so GC is safe while jobs run.
+func (m *Manager) GC(ctx context.Context, maxAge time.Duration) (GCResult, error) {
+	var res GCResult
+	names, err := m.names()
+	if err != nil {
+		return res, err
+	}
+	var errs []error
+	now := time.Now()
+	for _, name := range names {
+		l := m.layout(name)
+		lk, err := lock(ctx, l.Lock, false)
+		if errors.Is(err, errBusy) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		rec, rerr := readRecord(l.Record)
+		live := rerr == nil && rec.State == StateRunning && ns.Alive(rec.NspawnPID, rec.NspawnStart)
+		if live && !Expired(rec.Created, now, maxAge) {
+			lk.release(false)
+			continue
+		}
+		if live {
+			m.log().Info("stopping a machine older than the maximum age", "machine", name, "age", now.Sub(rec.Created).Round(time.Second))
+		} else {
+			m.log().Info("removing what a machine that is gone left behind", "machine", name)
+		}
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.Config.StopTimeout.D()+60*time.Second)
+		err = m.destroy(dctx, l)
+		cancel()
+		if err != nil {
+			lk.release(false)
+			errs = append(errs, fmt.Errorf("gc %s: %w", name, err))
+			continue
+		}
+		lk.release(true)
+		res.Machines = append(res.Machines, name)
+	}
+	if m.Images != nil {
+		removed, err := m.gcImages()
+		res.Images = removed
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return res, errors.Join(errs...)
+}
+
+// gcImages removes retired image trees that no machine still uses as its
+// lower layer. A machine being prepared counts as using its image.
+func (m *Manager) gcImages() ([]string, error) {
+	retired, err := m.Images.Retired()
+	if err != nil || len(retired) == 0 {
+		return nil, err
+	}
+	inUse := map[[2]uint64]bool{}
+	names, err := m.names()
+	if err != nil {
+		return nil, err
+	}
+	for _, n := range names {
+		rec, err := readRecord(m.layout(n).Record)
+		if err != nil {
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			// Unknown: keep every retired tree this round.
+			return nil, err
+		}
+		if rec.Storage == StorageBtrfs && rec.State == StateRunning {
+			// A snapshot does not use its image afterwards.
+			continue
+		}
+		inUse[[2]uint64{rec.ImageDev, rec.ImageIno}] = true
+	}
+	var removed []string
+	var errs []error
+	for _, t := range retired {
+		var st unix.Stat_t
+		if err := unix.Stat(t, &st); err != nil {
+			continue
+		}
+		if inUse[[2]uint64{uint64(st.Dev), st.Ino}] {
+			continue
+		}
+		if err := m.Images.RemoveTree(t); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, t)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// Status is one machine as ps shows it.
+type Status struct {
+	Name    string    `json:"name"`
+	JobID   string    `json:"job_id"`
+	Image   string    `json:"image"`
+	Mode    string    `json:"mode"`
+	Storage string    `json:"storage"`
+	Created time.Time `json:"created"`
+	Age     string    `json:"age"`
+	// Memory is memory.current of the machine's cgroup, else the summed
+	// RSS of its processes, in bytes.
+	Memory uint64 `json:"memory"`
+	// State is running, preparing, or dead (systemd-nspawn is gone:
+	// gc removes it).
+	State     string `json:"state"`
+	LeaderPID int    `json:"leader_pid,omitempty"`
+}
+
+// List returns the machines of this run directory.
+func (m *Manager) List(ctx context.Context) ([]Status, error) {
+	names, err := m.names()
+	if err != nil {
+		return nil, err
+	}
+	var out []Status
+	now := time.Now()
+	for _, n := range names {
+		rec, err := readRecord(m.layout(n).Record)
+		if err != nil {
+			out = append(out, Status{Name: n, State: "dead"})
+			continue
+		}
+		s := Status{Name: n, JobID: rec.JobID, Image: rec.Image, Mode: rec.Mode, Storage: rec.Storage,
+			Created: rec.Created, Age: now.Sub(rec.Created).Round(time.Second).String(), LeaderPID: rec.LeaderPID}
+		switch {
+		case ns.Alive(rec.NspawnPID, rec.NspawnStart) && rec.State == StateRunning:
+			s.State = StateRunning
+		case rec.State == StatePreparing:
+			if lk, err := lock(ctx, m.layout(n).Lock, false); err == nil {
+				lk.release(false)
+				s.State = "dead"
+			} else {
+				s.State = StatePreparing
+			}
+		default:
+			s.State = "dead"
+		}
+		s.Memory = m.memory(rec.Cgroup)
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+func (m *Manager) memory(cg string) uint64 {
+	h, err := m.cgroups()
+	if err != nil || cg == "" {
+		return 0
+	}
+	if v, ok := h.MemoryCurrent(cg); ok {
+		return v
+	}
+	pids, err := h.Procs(cg)
+	if err != nil {
+		return 0
+	}
+	var sum uint64
+	for _, p := range pids {
+		sum += rss(p)
+	}
+	return sum
+}
+
+// rss reads VmRSS of a process (proc(5)), in bytes.
+func rss(pid int) uint64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			if len(f) >= 1 {
+				n, _ := strconv.ParseUint(f[0], 10, 64)
+				return n * 1024
+			}
+		}
+	}
+	return 0
+}

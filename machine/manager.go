@@ -1,0 +1,551 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
+	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
+	"github.com/nspawn-runner/nspawn-runner/sys/mount"
+	"github.com/nspawn-runner/nspawn-runner/sys/ns"
+	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
+)
+
+// Images is what the manager needs of the image store (bootstrap.Store).
+type Images interface {
+	// Path returns the tree of an existing image; the error lists the
+	// images that exist.
+	Path(name string) (string, error)
+	// Retired lists old image trees swapped out by maintenance.
+	Retired() ([]string, error)
+	// RemoveTree removes an image tree.
+	RemoveTree(path string) error
+}
+
+// DefaultCgroupParent is the cgroup under which machines get their own.
+const DefaultCgroupParent = "nspawn-runner"
+
+// Manager prepares, enters, stops and collects machines.
+type Manager struct {
+	// Root is the image root; per-machine storage goes in ROOT/.machines.
+	Root string
+	// RunDir holds the state records.
+	RunDir string
+	Config config.Machine
+	Log    *slog.Logger
+	Images Images
+	// NamePrefix starts machine names (DefaultNamePrefix when empty).
+	NamePrefix string
+	// CgroupParent is the parent cgroup of machines, relative to the
+	// cgroup2 root (DefaultCgroupParent when empty).
+	CgroupParent string
+	// Nspawn is the systemd-nspawn binary ("systemd-nspawn" when empty).
+	Nspawn string
+	// HostMemory is the host's RAM in bytes for percentage limits; 0
+	// reads it from sysinfo(2).
+	HostMemory uint64
+
+	once sync.Once
+	cg   cgroup.Hierarchy
+	cgOK error
+}
+
+func (m *Manager) log() *slog.Logger {
+	if m.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return m.Log
+}
+
+func (m *Manager) cgroups() (cgroup.Hierarchy, error) {
+	m.once.Do(func() { m.cg, m.cgOK = cgroup.Detect() })
+	return m.cg, m.cgOK
+}
+
+func (m *Manager) parent() string {
+	if m.CgroupParent != "" {
+		return m.CgroupParent
+	}
+	return DefaultCgroupParent
+}
+
+// Name is the machine name of a job.
+func (m *Manager) Name(jobID, key string) (string, error) {
+	return Name(m.NamePrefix, jobID, key)
+}
+
+func (m *Manager) layout(name string) Layout {
+	return LayoutOf(m.Root, m.RunDir, m.parent(), name)
+}
+
+// PrepareRequest asks for a job's machine.
+type PrepareRequest struct {
+	JobID string
+	// Key tells this job from others with the same id (gitlab.Job.Key).
+	Key   string
+	Image string
+	// Mode overrides the configured mode when not empty.
+	Mode string
+	// Binds are extra host -> machine bind mounts.
+	Binds []nspawn.Bind
+	// Path and Env extend every stage's environment inside the machine.
+	Path []string
+	Env  []string
+}
+
+// Prepare starts the job's machine and returns its name once it is ready.
+// A machine the job already had (a retried prepare) is removed first. On
+// failure everything started is torn down.
+func (m *Manager) Prepare(ctx context.Context, req PrepareRequest) (name string, err error) {
+	name, err = m.Name(req.JobID, req.Key)
+	if err != nil {
+		return "", err
+	}
+	mode := req.Mode
+	if mode == "" {
+		mode = m.Config.Mode
+	}
+	if mode != config.ModeBoot && mode != config.ModeFast {
+		return "", fmt.Errorf("prepare %s: unknown mode %q", name, mode)
+	}
+	imagePath, err := m.Images.Path(req.Image)
+	if err != nil {
+		return "", err
+	}
+	l := m.layout(name)
+	if err := os.MkdirAll(filepath.Dir(l.Record), 0o700); err != nil {
+		return "", fmt.Errorf("prepare %s: %w", name, err)
+	}
+	lk, err := lock(ctx, l.Lock, true)
+	if err != nil {
+		return "", fmt.Errorf("prepare %s: %w", name, err)
+	}
+	defer func() { lk.release(false) }()
+	if m.exists(l) {
+		m.log().Info("removing what an earlier prepare of this job left", "machine", name)
+		if err := m.destroy(context.WithoutCancel(ctx), l); err != nil {
+			return "", fmt.Errorf("prepare %s: remove earlier machine: %w", name, err)
+		}
+	}
+	defer func() {
+		if err != nil {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.Config.StopTimeout.D()+30*time.Second)
+			defer cancel()
+			if cerr := m.destroy(cctx, l); cerr != nil {
+				m.log().Error("tearing down the failed machine", "machine", name, "err", cerr)
+			}
+		}
+	}()
+	if err := m.prepare(ctx, req, l, mode, imagePath); err != nil {
+		return "", fmt.Errorf("prepare %s: %w", name, err)
+	}
+	return name, nil
+}
+
+func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mode, imagePath string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(imagePath, &st); err != nil {
+		return fmt.Errorf("stat image %s: %w", imagePath, err)
+	}
+	isSub, _ := btrfs.IsSubvolume(imagePath)
+	storage, err := ChooseStorage(m.Config.Storage, isSub)
+	if err != nil {
+		return err
+	}
+	rec := &Record{
+		Name: l.Name, JobID: req.JobID, State: StatePreparing, Mode: mode, Storage: storage,
+		Image: req.Image, ImagePath: imagePath, ImageDev: uint64(st.Dev), ImageIno: st.Ino,
+		RunDir: l.RunDir, Cgroup: l.Cgroup,
+		Path: req.Path, Env: req.Env, Binds: req.Binds, Created: time.Now().UTC(),
+	}
+	if storage != StorageVolatile {
+		rec.Tree, rec.MachineDir = l.Tree, l.MachineDir
+	} else {
+		rec.Tree = imagePath
+	}
+	// The record comes first: whatever exists later, cleanup and gc find
+	// it by this name.
+	if err := writeRecord(l.Record, rec); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(l.Scripts, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", l.Scripts, err)
+	}
+	if err := m.makeStorage(l, storage, imagePath); err != nil {
+		return err
+	}
+	h, cgErr := m.cgroups()
+	cgFD := -1
+	if cgErr == nil {
+		f, err := m.makeCgroup(h, l)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		cgFD = int(f.Fd())
+	} else {
+		m.log().Warn("no cgroup v2: machines share our cgroup and limits cannot be applied", "err", cgErr)
+	}
+	ver, err := nspawnVersion(ctx, m.Nspawn, m.RunDir)
+	if err != nil {
+		return err
+	}
+	host := Host{NoBus: !nspawn.HasSystemd() || !nspawn.HasSystemBus(), NspawnVersion: ver}
+	spec, env := Plan(PlanInput{Layout: l, ImagePath: imagePath, Storage: storage, Mode: mode, Seccomp: m.Config.Seccomp, Binds: req.Binds, Host: host})
+	logf, err := os.OpenFile(l.Log, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("open nspawn log: %w", err)
+	}
+	defer logf.Close()
+	m.log().Debug("starting systemd-nspawn", "machine", l.Name, "args", nspawn.Args(spec))
+	p, err := nspawn.Start(nspawn.StartOptions{Binary: m.Nspawn, Args: nspawn.Args(spec), Env: env, Log: logf, CgroupFD: cgFD})
+	if err != nil {
+		return err
+	}
+	defer p.Release()
+	rec.NspawnPID = p.PID
+	if s, err := ns.ReadStat(p.PID); err == nil {
+		rec.NspawnStart = s.StartTime
+	}
+	if err := writeRecord(l.Record, rec); err != nil {
+		return err
+	}
+	rctx, cancel := context.WithTimeout(ctx, m.Config.ReadyTimeout.D())
+	defer cancel()
+	leader, err := p.WaitReady(rctx, mode == config.ModeBoot)
+	if err != nil {
+		return err
+	}
+	ls, err := ns.ReadStat(leader)
+	if err != nil {
+		return fmt.Errorf("machine leader: %w", err)
+	}
+	rec.LeaderPID, rec.LeaderStart, rec.State = leader, ls.StartTime, StateRunning
+	if cgErr != nil || !host.NoBus {
+		// systemd made the scope: find it from the leader.
+		if cg := ownCgroup(leader); cg != "" {
+			rec.Cgroup = cg
+		}
+	}
+	if err := writeRecord(l.Record, rec); err != nil {
+		return err
+	}
+	m.log().Info("machine ready", "machine", l.Name, "image", req.Image, "mode", mode, "storage", storage, "leader", leader)
+	return nil
+}
+
+// ownCgroup returns the v2 cgroup of pid's parent group (the scope holding
+// nspawn and its payload), or "" when unknown.
+func ownCgroup(pid int) string {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			p = strings.TrimSuffix(filepath.Dir(p), "/payload")
+			if p == "/" || p == "." {
+				return ""
+			}
+			return strings.TrimPrefix(p, "/")
+		}
+	}
+	return ""
+}
+
+func (m *Manager) makeStorage(l Layout, storage, imagePath string) error {
+	switch storage {
+	case StorageBtrfs:
+		if err := os.MkdirAll(l.MachineDir, 0o700); err != nil {
+			return fmt.Errorf("create %s: %w", l.MachineDir, err)
+		}
+		return btrfs.Snapshot(imagePath, l.Tree)
+	case StorageOverlay:
+		for _, d := range []string{l.Upper, l.Work, l.Tree} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return fmt.Errorf("create %s: %w", d, err)
+			}
+		}
+		_, err := mount.Overlay(l.Tree, []string{imagePath}, l.Upper, l.Work)
+		return err
+	}
+	return nil
+}
+
+func (m *Manager) makeCgroup(h cgroup.Hierarchy, l Layout) (*os.File, error) {
+	lim := m.limits()
+	missing, err := h.Create(l.Cgroup, lim.Wanted())
+	if err != nil {
+		return nil, err
+	}
+	skipped, err := h.SetLimits(l.Cgroup, lim)
+	if err != nil {
+		return nil, err
+	}
+	if len(missing) > 0 || len(skipped) > 0 {
+		m.log().Warn("cgroup v2 controllers missing here: these limits cannot be applied", "controllers", missing, "limits", skipped)
+	}
+	return h.Open(l.Cgroup)
+}
+
+func (m *Manager) limits() cgroup.Limits {
+	mem := m.HostMemory
+	if mem == 0 {
+		var si unix.Sysinfo_t
+		if unix.Sysinfo(&si) == nil {
+			mem = uint64(si.Totalram) * uint64(si.Unit)
+		}
+	}
+	return cgroup.Limits{
+		MemoryHigh: m.Config.MemoryHigh.Resolve(mem),
+		MemoryMax:  m.Config.MemoryMax.Resolve(mem),
+		CPUWeight:  m.Config.CPUWeight,
+		PidsMax:    m.Config.TasksMax,
+	}
+}
+
+// nspawnVersion asks systemd-nspawn for its version once and caches it in
+// the run directory, keyed by the binary's identity (it costs a few ms per
+// prepare otherwise).
+func nspawnVersion(ctx context.Context, binary, runDir string) (int, error) {
+	if binary == "" {
+		binary = "systemd-nspawn"
+	}
+	path, err := lookPath(binary)
+	if err != nil {
+		return 0, err
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return 0, fmt.Errorf("stat %s: %w", path, err)
+	}
+	key := fmt.Sprintf("%s %d %d %d", path, st.Ino, st.Size, st.Mtim.Nano())
+	cache := filepath.Join(runDir, "nspawn-version")
+	if b, err := os.ReadFile(cache); err == nil {
+		if k, v, ok := strings.Cut(strings.TrimSpace(string(b)), "\n"); ok && k == key {
+			if n, err := strconv.Atoi(v); err == nil {
+				return n, nil
+			}
+		}
+	}
+	n, err := nspawn.Version(ctx, path)
+	if err != nil {
+		return 0, err
+	}
+	tmp := cache + ".tmp" + strconv.Itoa(os.Getpid())
+	if os.WriteFile(tmp, []byte(key+"\n"+strconv.Itoa(n)+"\n"), 0o600) == nil {
+		_ = os.Rename(tmp, cache)
+	}
+	return n, nil
+}
+
+// exists reports whether anything of machine l is on disk.
+func (m *Manager) exists(l Layout) bool {
+	for _, p := range []string{l.Record, l.RunDir, l.MachineDir} {
+		if _, err := os.Lstat(p); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// Cleanup stops and removes the job's machine. It works from the name and
+// removes whatever exists; nothing to remove is not an error. It uses its
+// own time budget: a cancelled ctx still cleans up.
+func (m *Manager) Cleanup(ctx context.Context, jobID, key string) error {
+	name, err := m.Name(jobID, key)
+	if err != nil {
+		return err
+	}
+	return m.CleanupName(ctx, name)
+}
+
+// CleanupName is Cleanup by machine name.
+func (m *Manager) CleanupName(ctx context.Context, name string) error {
+	if err := CheckName(name); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.Config.StopTimeout.D()+60*time.Second)
+	defer cancel()
+	l := m.layout(name)
+	if !m.exists(l) && !m.cgroupExists(l) {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(l.Lock), 0o700); err != nil {
+		return fmt.Errorf("cleanup %s: %w", name, err)
+	}
+	lk, err := lock(ctx, l.Lock, true)
+	if err != nil {
+		return fmt.Errorf("cleanup %s: %w", name, err)
+	}
+	if err := m.destroy(ctx, l); err != nil {
+		lk.release(false)
+		return fmt.Errorf("cleanup %s: %w", name, err)
+	}
+	lk.release(true)
+	return nil
+}
+
+func (m *Manager) cgroupExists(l Layout) bool {
+	h, err := m.cgroups()
+	return err == nil && h.Exists(l.Cgroup)
+}
+
+// destroy stops machine l and removes everything of it but its lock file.
+// The caller holds the lock.
+func (m *Manager) destroy(ctx context.Context, l Layout) error {
+	rec, err := readRecord(l.Record)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		m.log().Warn("unreadable record: removing by name", "machine", l.Name, "err", err)
+	}
+	if rec == nil {
+		rec = &Record{Name: l.Name, Cgroup: l.Cgroup}
+	}
+	var errs []error
+	// 1. Graceful: SIGTERM to systemd-nspawn shuts a booted machine down
+	// (systemd-nspawn(1): SIGTERM -> SIGRTMIN+3 to the container's init).
+	if p, err := ns.Open(rec.NspawnPID, rec.NspawnStart); err == nil {
+		if err := p.Signal(unix.SIGTERM); err == nil {
+			sctx, cancel := context.WithTimeout(ctx, m.Config.StopTimeout.D())
+			if err := p.Wait(sctx); err != nil {
+				m.log().Warn("machine did not stop in time: killing it", "machine", l.Name, "timeout", m.Config.StopTimeout.D())
+			}
+			cancel()
+		}
+		p.Close()
+	}
+	// 2. Kill whatever is left: the cgroup holds nspawn and the machine.
+	cgs := []string{l.Cgroup}
+	if rec.Cgroup != "" && rec.Cgroup != l.Cgroup {
+		cgs = append(cgs, rec.Cgroup)
+	}
+	if h, err := m.cgroups(); err == nil {
+		for _, cg := range cgs {
+			if err := h.Kill(ctx, cg); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	// Without a cgroup (none, or a foreign scope), kill the leader and
+	// nspawn by pidfd.
+	for _, pp := range [][2]uint64{{uint64(rec.LeaderPID), rec.LeaderStart}, {uint64(rec.NspawnPID), rec.NspawnStart}} {
+		if p, err := ns.Open(int(pp[0]), pp[1]); err == nil {
+			_ = p.Signal(unix.SIGKILL)
+			_ = p.Wait(ctx)
+			p.Close()
+		}
+	}
+	// 3. Storage: unmount the overlay, delete the snapshot, remove dirs.
+	if err := m.removeStorage(l); err != nil {
+		errs = append(errs, err)
+	}
+	// systemd-nspawn's own mount propagation directory is left behind
+	// when it is killed (and always where /run is not a tmpfs).
+	prop := filepath.Join("/run/systemd/nspawn/propagate", l.Name)
+	if err := mount.UnmountAll(prop); err != nil {
+		errs = append(errs, err)
+	} else if err := os.RemoveAll(prop); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	if h, err := m.cgroups(); err == nil {
+		for _, cg := range cgs {
+			if err := h.Remove(cg); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if len(errs) > 0 {
+		// Keep the record: gc retries from it.
+		return errors.Join(errs...)
+	}
+	if err := os.RemoveAll(l.RunDir); err != nil {
+		return fmt.Errorf("remove %s: %w", l.RunDir, err)
+	}
+	if err := os.Remove(l.Record); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove record: %w", err)
+	}
+	m.log().Info("machine removed", "machine", l.Name)
+	return nil
+}
+
+func (m *Manager) removeStorage(l Layout) error {
+	if _, err := os.Lstat(l.MachineDir); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err := mount.UnmountAll(l.MachineDir); err != nil {
+		return err
+	}
+	if ok, err := btrfs.IsSubvolume(l.Tree); err == nil && ok {
+		if err := btrfs.Delete(l.Tree); err != nil {
+			return err
+		}
+	}
+	if err := os.RemoveAll(l.MachineDir); err != nil {
+		return fmt.Errorf("remove %s: %w", l.MachineDir, err)
+	}
+	return nil
+}
+
+// lookPath finds a program on the host's PATH.
+func lookPath(name string) (string, error) {
+	if strings.Contains(name, "/") {
+		return name, nil
+	}
+	for _, dir := range filepath.SplitList(os.Getenv("PATH") + ":/usr/bin:/bin") {
+		if dir == "" {
+			continue
+		}
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found on PATH (install systemd-container)", name)
+}
+
+// names lists every machine name that has anything in the run directory
+// or the machines directory.
+func (m *Manager) names() ([]string, error) {
+	set := map[string]bool{}
+	rd := filepath.Join(m.RunDir, "machines")
+	ents, err := os.ReadDir(rd)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("list %s: %w", rd, err)
+	}
+	for _, e := range ents {
+		n := e.Name()
+		n = strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(n, ".tmp"), ".json"), ".lock")
+		if CheckName(n) == nil {
+			set[n] = true
+		}
+	}
+	md := filepath.Join(m.Root, MachinesDirName)
+	ents, err = os.ReadDir(md)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("list %s: %w", md, err)
+	}
+	for _, e := range ents {
+		if CheckName(e.Name()) == nil {
+			set[e.Name()] = true
+		}
+	}
+	var out []string
+	for n := range set {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out, nil
+}

@@ -1,0 +1,230 @@
+package machine
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
+)
+
+// ErrNotFound is returned when a job has no machine.
+var ErrNotFound = errors.New("no machine for this job")
+
+// ExitError is the job script's own non-zero exit status.
+type ExitError struct {
+	Code int
+}
+
+func (e *ExitError) Error() string { return fmt.Sprintf("script exited with code %d", e.Code) }
+
+// DefaultNamePrefix starts every machine name.
+const DefaultNamePrefix = "nr-"
+
+// ScriptDir is where a machine sees the stage scripts (a read-only bind of
+// RUN_DIR/machines/NAME/scripts).
+const ScriptDir = "/run/nspawn-runner"
+
+// Name returns the machine name of a job: prefix, a readable form of the
+// id, and 12 hex digits of the job's key, so that two jobs with the same
+// id never share a machine. The result is a valid hostname label of at
+// most 63 characters (systemd-nspawn's --machine rule).
+func Name(prefix, id, key string) (string, error) {
+	if prefix == "" {
+		prefix = DefaultNamePrefix
+	}
+	if len(key) < 12 {
+		return "", fmt.Errorf("machine name: job key %q too short", key)
+	}
+	for i := 0; i < len(key); i++ {
+		if !(key[i] >= '0' && key[i] <= '9' || key[i] >= 'a' && key[i] <= 'f') {
+			return "", fmt.Errorf("machine name: job key %q is not hex", key)
+		}
+	}
+	var b strings.Builder
+	for i := 0; i < len(id) && b.Len() < 24; i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-':
+			b.WriteByte(c)
+		case c >= 'A' && c <= 'Z':
+			b.WriteByte(c + 'a' - 'A')
+		case c == '_':
+			b.WriteByte('-')
+		default:
+			return "", fmt.Errorf("machine name: invalid character %q in job id", c)
+		}
+	}
+	name := prefix + b.String() + "-" + key[:12]
+	if err := CheckName(name); err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
+// CheckName accepts the names Name makes and refuses anything that could
+// escape a directory or a cgroup.
+func CheckName(name string) error {
+	if name == "" || len(name) > 63 {
+		return fmt.Errorf("invalid machine name %q: 1 to 63 characters", name)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || (c == '-' && i > 0) || (c >= 'A' && c <= 'Z')
+		if !ok {
+			return fmt.Errorf("invalid machine name %q: letters, digits and '-' only, not starting with '-'", name)
+		}
+	}
+	return nil
+}
+
+// Storages resolved from config.StorageAuto.
+const (
+	StorageBtrfs    = config.StorageBtrfs
+	StorageOverlay  = config.StorageOverlay
+	StorageVolatile = config.StorageVolatile
+)
+
+// ChooseStorage resolves the configured storage for an image: auto takes
+// a btrfs snapshot when the image is a btrfs subvolume, an overlay
+// elsewhere.
+func ChooseStorage(configured string, imageIsSubvolume bool) (string, error) {
+	switch configured {
+	case config.StorageAuto, "":
+		if imageIsSubvolume {
+			return StorageBtrfs, nil
+		}
+		return StorageOverlay, nil
+	case StorageBtrfs:
+		if !imageIsSubvolume {
+			return "", fmt.Errorf("storage btrfs: the image is not a btrfs subvolume (use storage: auto or overlay)")
+		}
+		return StorageBtrfs, nil
+	case StorageOverlay, StorageVolatile:
+		return configured, nil
+	}
+	return "", fmt.Errorf("unknown storage %q", configured)
+}
+
+// Layout is where one machine's things live.
+type Layout struct {
+	Name string
+	// Record is the state record; Lock its lock file.
+	Record, Lock string
+	// RunDir holds nspawn.log and scripts/.
+	RunDir, Log, Scripts string
+	// MachineDir is ROOT/.machines/NAME; Tree is the root directory
+	// systemd-nspawn runs (the snapshot or the overlay mount point);
+	// Upper and Work are the overlay's directories.
+	MachineDir, Tree, Upper, Work string
+	// Cgroup is the machine's cgroup, relative to the cgroup2 root.
+	Cgroup string
+}
+
+// MachinesDirName is the directory under ROOT holding per-machine storage.
+// The leading dot keeps it out of the image list.
+const MachinesDirName = ".machines"
+
+// LayoutOf is the layout of machine name.
+func LayoutOf(root, runDir, cgroupParent, name string) Layout {
+	md := filepath.Join(root, MachinesDirName, name)
+	rd := filepath.Join(runDir, "machines", name)
+	return Layout{
+		Name:       name,
+		Record:     rd + ".json",
+		Lock:       rd + ".lock",
+		RunDir:     rd,
+		Log:        filepath.Join(rd, "nspawn.log"),
+		Scripts:    filepath.Join(rd, "scripts"),
+		MachineDir: md,
+		Tree:       filepath.Join(md, "root"),
+		Upper:      filepath.Join(md, "upper"),
+		Work:       filepath.Join(md, "work"),
+		Cgroup:     filepath.Join(cgroupParent, name),
+	}
+}
+
+// Host is what the plan needs to know about the host.
+type Host struct {
+	// NoBus: no system D-Bus (or no systemd): --register=no --keep-unit.
+	NoBus bool
+	// NspawnVersion is systemd-nspawn's major version.
+	NspawnVersion int
+}
+
+// PlanInput is everything a machine's nspawn command line depends on.
+type PlanInput struct {
+	Layout    Layout
+	ImagePath string
+	Storage   string
+	Mode      string
+	Seccomp   bool
+	Binds     []nspawn.Bind
+	Host      Host
+}
+
+// Plan returns the systemd-nspawn arguments and its extra environment.
+func Plan(in PlanInput) (nspawn.Spec, []string) {
+	s := nspawn.Spec{
+		Machine:      in.Layout.Name,
+		Quiet:        true,
+		LinkJournal:  "no",
+		ResolvConf:   "copy-host",
+		SuppressSync: in.Host.NspawnVersion >= 250,
+		NoRegister:   in.Host.NoBus,
+		Binds:        append([]nspawn.Bind{{Host: in.Layout.Scripts, Machine: ScriptDir, ReadOnly: true}}, in.Binds...),
+	}
+	switch in.Storage {
+	case StorageVolatile:
+		s.Directory = in.ImagePath
+		s.Volatile = "overlay"
+		s.ReadOnly = true
+	default:
+		s.Directory = in.Layout.Tree
+	}
+	if in.Mode == config.ModeBoot {
+		s.Boot = true
+		s.NotifyReady = true
+		// The console goes to a log file: no getty on it.
+		s.Command = []string{"systemd.mask=console-getty.service"}
+	} else {
+		// A stub init of systemd-nspawn as PID 1 and a sleeping payload:
+		// no systemd needed in the image, running in milliseconds.
+		s.AsPID2 = true
+		s.Command = []string{"sleep", "infinity"}
+	}
+	var env []string
+	if !in.Seccomp {
+		// systemd-nspawn(1), ENVIRONMENT: SYSTEMD_SECCOMP=0 turns the
+		// system call filter off.
+		env = append(env, "SYSTEMD_SECCOMP=0")
+	}
+	return s, env
+}
+
+// RunEnv is the clean environment of a stage inside the machine: nothing
+// of the host's or the runner's, plus extra variables and PATH entries.
+func RunEnv(extraPath, extraEnv []string) []string {
+	path := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	if len(extraPath) > 0 {
+		path = strings.Join(extraPath, ":") + ":" + path
+	}
+	env := []string{
+		"PATH=" + path,
+		"HOME=/root",
+		"USER=root",
+		"LOGNAME=root",
+		"LANG=C.UTF-8",
+		"container=systemd-nspawn",
+	}
+	return append(env, extraEnv...)
+}
+
+// Expired reports whether a machine created at created is older than
+// maxAge at now; maxAge 0 never expires.
+func Expired(created, now time.Time, maxAge time.Duration) bool {
+	return maxAge > 0 && now.Sub(created) > maxAge
+}

@@ -1,0 +1,92 @@
+package machine
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
+)
+
+// States of a record.
+const (
+	StatePreparing = "preparing"
+	StateRunning   = "running"
+)
+
+// Record is the state of one machine, in RUN_DIR/machines/NAME.json.
+type Record struct {
+	Name    string `json:"name"`
+	JobID   string `json:"job_id"`
+	State   string `json:"state"`
+	Mode    string `json:"mode"`
+	Storage string `json:"storage"`
+	Image   string `json:"image"`
+	// ImagePath, ImageDev and ImageIno identify the image tree the
+	// machine started from; an overlay or volatile machine keeps using it
+	// as its lower layer, so gc must not remove it while the machine runs.
+	ImagePath string `json:"image_path"`
+	ImageDev  uint64 `json:"image_dev"`
+	ImageIno  uint64 `json:"image_ino"`
+	// Tree is the directory systemd-nspawn runs.
+	Tree       string `json:"tree"`
+	MachineDir string `json:"machine_dir"`
+	RunDir     string `json:"run_dir"`
+	Cgroup     string `json:"cgroup"`
+	// NspawnPID/NspawnStart and LeaderPID/LeaderStart: pid and start
+	// time (/proc/PID/stat field 22), so a reused pid is never taken for
+	// the machine.
+	NspawnPID   int    `json:"nspawn_pid,omitempty"`
+	NspawnStart uint64 `json:"nspawn_start,omitempty"`
+	LeaderPID   int    `json:"leader_pid,omitempty"`
+	LeaderStart uint64 `json:"leader_start,omitempty"`
+	// Path and Env extend the stages' environment inside the machine.
+	Path    []string      `json:"path,omitempty"`
+	Env     []string      `json:"env,omitempty"`
+	Binds   []nspawn.Bind `json:"binds,omitempty"`
+	Created time.Time     `json:"created"`
+}
+
+// writeRecord writes r atomically (temporary file, fsync, rename).
+func writeRecord(path string, r *Record) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("write record %s: %w", path, err)
+	}
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write record: %w", err)
+	}
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		return fmt.Errorf("write record %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write record %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write record: %w", err)
+	}
+	return nil
+}
+
+// readRecord reads a record; a missing one is ErrNotFound.
+func readRecord(path string) (*Record, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%s: %w", filepath.Base(path), ErrNotFound)
+		}
+		return nil, fmt.Errorf("read record: %w", err)
+	}
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("parse record %s: %w", path, err)
+	}
+	return &r, nil
+}
