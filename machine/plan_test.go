@@ -1,0 +1,173 @@
+package machine
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
+)
+
+func TestName(t *testing.T) {
+	key := "0123456789abcdef"
+	for _, tc := range []struct {
+		prefix, id, key, want, err string
+	}{
+		{"", "4711", key, "nr-4711-0123456789ab", ""},
+		{"nrt-lc-", "Harness_A", key, "nrt-lc-harness-a-0123456789ab", ""},
+		{"", strings.Repeat("9", 40), key, "nr-" + strings.Repeat("9", 24) + "-0123456789ab", ""},
+		{"", "../etc", key, "", "invalid character"},
+		{"", "a b", key, "", "invalid character"},
+		{"", "1", "short", "", "too short"},
+		{"", "1", "ZZZZZZZZZZZZZZZZ", "", "not hex"},
+	} {
+		got, err := Name(tc.prefix, tc.id, tc.key)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("Name(%q, %q, %q) = %q, %v; want error %q", tc.prefix, tc.id, tc.key, got, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("Name(%q, %q, %q) = %q, %v; want %q", tc.prefix, tc.id, tc.key, got, err, tc.want)
+		}
+	}
+}
+
+func FuzzName(f *testing.F) {
+	f.Add("nr-", "123", "0123456789abcdef")
+	f.Fuzz(func(t *testing.T, prefix, id, key string) {
+		n, err := Name(prefix, id, key)
+		if err != nil {
+			return
+		}
+		if CheckName(n) != nil || strings.ContainsAny(n, "/.") || len(n) > 63 {
+			t.Fatalf("Name(%q, %q, %q) = %q: not a safe name", prefix, id, key, n)
+		}
+	})
+}
+
+func TestCheckName(t *testing.T) {
+	for _, n := range []string{"", "-a", "a/b", "..", "a.b", strings.Repeat("a", 64), "a b"} {
+		if CheckName(n) == nil {
+			t.Errorf("CheckName(%q) accepted", n)
+		}
+	}
+	if err := CheckName("nr-1-0123456789ab"); err != nil {
+		t.Errorf("CheckName: %v", err)
+	}
+}
+
+func TestChooseStorage(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  string
+		sub  bool
+		want string
+		ok   bool
+	}{
+		{"auto", true, StorageBtrfs, true},
+		{"auto", false, StorageOverlay, true},
+		{"", false, StorageOverlay, true},
+		{"btrfs", false, "", false},
+		{"btrfs", true, StorageBtrfs, true},
+		{"overlay", true, StorageOverlay, true},
+		{"volatile", true, StorageVolatile, true},
+		{"zfs", true, "", false},
+	} {
+		got, err := ChooseStorage(tc.cfg, tc.sub)
+		if got != tc.want || (err == nil) != tc.ok {
+			t.Errorf("ChooseStorage(%q, %v) = %q, %v; want %q ok=%v", tc.cfg, tc.sub, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestPlan(t *testing.T) {
+	l := LayoutOf("/r", "/run/x", "p", "nr-1-0123456789ab")
+	if l.Tree != "/r/.machines/nr-1-0123456789ab/root" || l.Record != "/run/x/machines/nr-1-0123456789ab.json" || l.Cgroup != "p/nr-1-0123456789ab" {
+		t.Fatalf("LayoutOf = %+v", l)
+	}
+	for _, tc := range []struct {
+		name    string
+		in      PlanInput
+		want    []string
+		notWant []string
+		env     []string
+	}{
+		{"boot btrfs no bus", PlanInput{Layout: l, ImagePath: "/r/img", Storage: StorageBtrfs, Mode: config.ModeBoot, Seccomp: true, Host: Host{NoBus: true, NspawnVersion: 252}},
+			[]string{"--directory=/r/.machines/nr-1-0123456789ab/root", "--boot", "--notify-ready=yes", "--register=no", "--keep-unit", "--suppress-sync=yes", "--link-journal=no", "--resolv-conf=copy-host", "--bind-ro=/run/x/machines/nr-1-0123456789ab/scripts:/run/nspawn-runner"},
+			[]string{"--as-pid2", "--ephemeral", "--private-network"}, nil},
+		{"fast volatile old nspawn with bus", PlanInput{Layout: l, ImagePath: "/r/img", Storage: StorageVolatile, Mode: config.ModeFast, Host: Host{NspawnVersion: 247}},
+			[]string{"--directory=/r/img", "--volatile=overlay", "--read-only", "--as-pid2", "sleep", "infinity"},
+			[]string{"--boot", "--register=no", "--suppress-sync=yes", "--notify-ready=yes"}, []string{"SYSTEMD_SECCOMP=0"}},
+		{"overlay binds", PlanInput{Layout: l, ImagePath: "/r/img", Storage: StorageOverlay, Mode: config.ModeFast, Seccomp: true, Binds: []nspawn.Bind{{Host: "/cache", Machine: "/cache"}}},
+			[]string{"--directory=/r/.machines/nr-1-0123456789ab/root", "--bind=/cache:/cache"}, []string{"--volatile=overlay"}, nil},
+	} {
+		spec, env := Plan(tc.in)
+		args := nspawn.Args(spec)
+		for _, w := range tc.want {
+			if !slices.Contains(args, w) {
+				t.Errorf("%s: Plan args %q lack %q", tc.name, args, w)
+			}
+		}
+		for _, w := range tc.notWant {
+			if slices.Contains(args, w) {
+				t.Errorf("%s: Plan args %q contain %q", tc.name, args, w)
+			}
+		}
+		if !slices.Equal(env, tc.env) {
+			t.Errorf("%s: env = %q, want %q", tc.name, env, tc.env)
+		}
+	}
+}
+
+func TestRunEnv(t *testing.T) {
+	env := RunEnv([]string{"/opt/gitlab"}, []string{"FOO=1"})
+	if env[0] != "PATH=/opt/gitlab:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" || env[len(env)-1] != "FOO=1" || !slices.Contains(env, "HOME=/root") {
+		t.Errorf("RunEnv = %q", env)
+	}
+}
+
+func TestExpired(t *testing.T) {
+	now := time.Now()
+	if Expired(now.Add(-time.Hour), now, 0) || !Expired(now.Add(-time.Hour), now, time.Minute) || Expired(now, now, time.Minute) {
+		t.Error("Expired is wrong")
+	}
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "m.json")
+	if _, err := readRecord(p); !errors.Is(err, ErrNotFound) {
+		t.Errorf("readRecord(missing) = %v, want ErrNotFound", err)
+	}
+	r := &Record{Name: "m", LeaderPID: 5, LeaderStart: 77, Binds: []nspawn.Bind{{Host: "/a", Machine: "/b", ReadOnly: true}}, Created: time.Now().UTC().Round(0)}
+	if err := writeRecord(p, r); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readRecord(p)
+	if err != nil || got.LeaderStart != 77 || len(got.Binds) != 1 || !got.Created.Equal(r.Created) {
+		t.Errorf("readRecord = %+v, %v", got, err)
+	}
+}
+
+func TestLock(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "m.lock")
+	ctx := context.Background()
+	a, err := lock(ctx, p, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock(ctx, p, false); !errors.Is(err, errBusy) {
+		t.Errorf("second lock = %v, want errBusy", err)
+	}
+	a.release(true)
+	b, err := lock(ctx, p, false)
+	if err != nil {
+		t.Fatalf("lock after release: %v", err)
+	}
+	b.release(true)
+}
