@@ -14,9 +14,9 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
 )
 
-// copyImage copies the cached test image to dst (which must not exist,
+// copyCached copies the cached test image to dst (which must not exist,
 // or be an empty directory or subvolume), reflinking where it can.
-func copyImage(t *testing.T, dst string) {
+func copyCached(t *testing.T, dst string) {
 	t.Helper()
 	src := testutil.Image(t)
 	if err := os.MkdirAll(dst, 0o755); err != nil {
@@ -44,7 +44,7 @@ func requireAnsible(t *testing.T) {
 func TestRunPlaybook(t *testing.T) {
 	requireAnsible(t)
 	tree := filepath.Join(t.TempDir(), "tree")
-	copyImage(t, tree)
+	copyCached(t, tree)
 	dir := t.TempDir()
 	pb := writePlaybook(t, dir, "img.yaml", `- hosts: all
   gather_facts: true
@@ -83,7 +83,7 @@ func TestRunPlaybook(t *testing.T) {
 func TestRunPlaybookFails(t *testing.T) {
 	requireAnsible(t)
 	tree := filepath.Join(t.TempDir(), "tree")
-	copyImage(t, tree)
+	copyCached(t, tree)
 	dir := t.TempDir()
 	pb := writePlaybook(t, dir, "img.yml", `- hosts: all
   gather_facts: false
