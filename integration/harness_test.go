@@ -704,7 +704,8 @@ func (r *Runner) RunJob(t *testing.T, j Job) *Result {
 			j.BeforePrepare(attempt)
 		}
 		start := time.Now()
-		out, errOut, code := r.call(context.Background(), tmp, envWith(dirs, ""), idArgs("prepare")...)
+		// As in the section toml printed: prepare --default-image.
+		out, errOut, code := r.call(context.Background(), tmp, envWith(dirs, ""), append(idArgs("prepare"), "--default-image", BaseImage)...)
 		record(&res.Prepares, "prepare", out, errOut, code, time.Since(start), "")
 		if code == 0 {
 			prepared = true

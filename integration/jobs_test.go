@@ -362,7 +362,7 @@ func TestVariablesIntact(t *testing.T) {
 func TestHostileInput(t *testing.T) {
 	r := NewRunner(t, Options{StandIn: true})
 	for _, img := range []string{
-		"../../../etc", "bookworm/../..", "..", ".", "/", ".machines", ".meta",
+		"../../../etc", "bookworm/../..", "..", ".", ".machines", ".meta", "bookworm/..",
 		"$(touch /tmp/nrt-gl-pwned)", "bookworm;reboot", "-rf", "a b", "foo\nbar",
 		strings.Repeat("a", 300), "nonexistent",
 	} {

@@ -124,8 +124,11 @@ while [ $# -gt 0 ]; do
 done
 case $cmd in
 cache-archiver)
+	found=()
+	for p in "${paths[@]}"; do if [ -e "$p" ]; then found+=("$p"); else echo "WARNING: $p: no matching files"; fi; done
+	if [ ${#found[@]} -eq 0 ]; then echo "STANDIN nothing to archive"; exit 0; fi
 	mkdir -p "$(dirname "$file")"
-	tar -cf "$file" "${paths[@]}"
+	tar -cf "$file" "${found[@]}"
 	echo "STANDIN archived $file";;
 cache-extractor)
 	if [ -f "$file" ]; then tar -xf "$file"; echo "STANDIN extracted $file"; else echo "STANDIN no cache at $file"; fi;;
