@@ -415,9 +415,20 @@ func (m *Manager) destroy(ctx context.Context, l Layout) error {
 		rec = &Record{Name: l.Name, Cgroup: l.Cgroup}
 	}
 	var errs []error
+	// Only a machine that was fully up gets a graceful shutdown; one whose
+	// prepare died or whose cleanup was interrupted is killed at once.
+	graceful := rec.State == StateRunning
+	if err == nil && rec.State != StateStopping {
+		// From here on the machine is garbage even if we die: gc takes
+		// it without waiting for --max-age.
+		rec.State = StateStopping
+		if err := writeRecord(l.Record, rec); err != nil {
+			m.log().Warn("marking the machine as stopping", "machine", l.Name, "err", err)
+		}
+	}
 	// 1. Graceful: SIGTERM to systemd-nspawn shuts a booted machine down
 	// (systemd-nspawn(1): SIGTERM -> SIGRTMIN+3 to the container's init).
-	if p, err := ns.Open(rec.NspawnPID, rec.NspawnStart); err == nil {
+	if p, err := ns.Open(rec.NspawnPID, rec.NspawnStart); err == nil && graceful {
 		if err := p.Signal(unix.SIGTERM); err == nil {
 			sctx, cancel := context.WithTimeout(ctx, m.Config.StopTimeout.D())
 			if err := p.Wait(sctx); err != nil {
@@ -425,6 +436,8 @@ func (m *Manager) destroy(ctx context.Context, l Layout) error {
 			}
 			cancel()
 		}
+		p.Close()
+	} else if err == nil {
 		p.Close()
 	}
 	// 2. Kill whatever is left: the cgroup holds nspawn and the machine.

@@ -16,6 +16,8 @@ import (
 const (
 	StatePreparing = "preparing"
 	StateRunning   = "running"
+	// StateStopping: cleanup or gc started removing the machine.
+	StateStopping = "stopping"
 )
 
 // Record is the state of one machine, in RUN_DIR/machines/NAME.json.
