@@ -187,24 +187,28 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 	if err := m.makeStorage(l, storage, imagePath); err != nil {
 		return err
 	}
+	ver, err := nspawnVersion(ctx, m.Nspawn, m.RunDir)
+	if err != nil {
+		return err
+	}
+	host := Host{NoBus: !nspawn.HasSystemd() || !nspawn.HasSystemBus(), NspawnVersion: ver}
 	h, cgErr := m.cgroups()
 	cgFD := -1
-	if cgErr == nil {
+	switch {
+	case !host.NoBus:
+		// systemd makes the machine's scope (with our limits as
+		// properties); nspawn moves itself there.
+	case cgErr == nil:
 		f, err := m.makeCgroup(h, l)
 		if err != nil {
 			return err
 		}
 		defer f.Close()
 		cgFD = int(f.Fd())
-	} else {
+	default:
 		m.log().Warn("no cgroup v2: machines share our cgroup and limits cannot be applied", "err", cgErr)
 	}
-	ver, err := nspawnVersion(ctx, m.Nspawn, m.RunDir)
-	if err != nil {
-		return err
-	}
-	host := Host{NoBus: !nspawn.HasSystemd() || !nspawn.HasSystemBus(), NspawnVersion: ver}
-	spec, env := Plan(PlanInput{Layout: l, ImagePath: imagePath, Storage: storage, Mode: mode, Seccomp: m.Config.Seccomp, Binds: req.Binds, Host: host})
+	spec, env := Plan(PlanInput{Layout: l, ImagePath: imagePath, Storage: storage, Mode: mode, Seccomp: m.Config.Seccomp, Binds: req.Binds, Host: host, Limits: m.limits()})
 	logf, err := os.OpenFile(l.Log, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return fmt.Errorf("open nspawn log: %w", err)
@@ -234,7 +238,7 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 		return fmt.Errorf("machine leader: %w", err)
 	}
 	rec.LeaderPID, rec.LeaderStart, rec.State = leader, ls.StartTime, StateRunning
-	if cgErr != nil || !host.NoBus {
+	if !host.NoBus {
 		// systemd made the scope: find it from the leader.
 		if cg := ownCgroup(leader); cg != "" {
 			rec.Cgroup = cg

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
@@ -164,6 +166,10 @@ type PlanInput struct {
 	Seccomp   bool
 	Binds     []nspawn.Bind
 	Host      Host
+	// Limits become --property= values of the scope systemd makes for
+	// the machine on a host with systemd and a bus; elsewhere they are
+	// written to the cgroup we make.
+	Limits cgroup.Limits
 }
 
 // Plan returns the systemd-nspawn arguments and its extra environment.
@@ -176,6 +182,9 @@ func Plan(in PlanInput) (nspawn.Spec, []string) {
 		SuppressSync: in.Host.NspawnVersion >= 250,
 		NoRegister:   in.Host.NoBus,
 		Binds:        append([]nspawn.Bind{{Host: in.Layout.Scripts, Machine: ScriptDir, ReadOnly: true}}, in.Binds...),
+	}
+	if !in.Host.NoBus {
+		s.Properties = properties(in.Limits)
 	}
 	switch in.Storage {
 	case StorageVolatile:
@@ -203,6 +212,24 @@ func Plan(in PlanInput) (nspawn.Spec, []string) {
 		env = append(env, "SYSTEMD_SECCOMP=0")
 	}
 	return s, env
+}
+
+// properties are systemd.resource-control(5) settings for the limits.
+func properties(l cgroup.Limits) []string {
+	var p []string
+	if l.CPUWeight > 0 {
+		p = append(p, "CPUWeight="+strconv.Itoa(l.CPUWeight))
+	}
+	if l.MemoryHigh > 0 {
+		p = append(p, "MemoryHigh="+strconv.FormatUint(l.MemoryHigh, 10))
+	}
+	if l.MemoryMax > 0 {
+		p = append(p, "MemoryMax="+strconv.FormatUint(l.MemoryMax, 10))
+	}
+	if l.PidsMax > 0 {
+		p = append(p, "TasksMax="+strconv.Itoa(l.PidsMax))
+	}
+	return p
 }
 
 // RunEnv is the clean environment of a stage inside the machine: nothing

@@ -3,13 +3,17 @@ package machine
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
@@ -170,4 +174,62 @@ func TestLock(t *testing.T) {
 		t.Fatalf("lock after release: %v", err)
 	}
 	b.release(true)
+}
+
+func TestPlanProperties(t *testing.T) {
+	l := LayoutOf("/r", "/run/x", "p", "nr-1-0123456789ab")
+	lim := cgroup.Limits{MemoryHigh: 300, MemoryMax: 400, CPUWeight: 50, PidsMax: 9}
+	spec, _ := Plan(PlanInput{Layout: l, Storage: StorageBtrfs, Mode: config.ModeFast, Host: Host{NoBus: false}, Limits: lim})
+	want := []string{"CPUWeight=50", "MemoryHigh=300", "MemoryMax=400", "TasksMax=9"}
+	if !slices.Equal(spec.Properties, want) {
+		t.Errorf("systemd host: properties %q, want %q", spec.Properties, want)
+	}
+	spec, _ = Plan(PlanInput{Layout: l, Storage: StorageBtrfs, Mode: config.ModeFast, Host: Host{NoBus: true}, Limits: lim})
+	if len(spec.Properties) != 0 {
+		t.Errorf("no systemd: properties %q, want none (limits go to our cgroup)", spec.Properties)
+	}
+}
+
+// fakeImages is an image store whose retired trees are temp dirs.
+type fakeImages struct {
+	retired []string
+	removed []string
+}
+
+func (f *fakeImages) Path(name string) (string, error) { return "", ErrNotFound }
+func (f *fakeImages) Retired() ([]string, error)       { return f.retired, nil }
+func (f *fakeImages) RemoveTree(p string) error {
+	f.removed = append(f.removed, p)
+	return os.RemoveAll(p)
+}
+
+func TestGCImages(t *testing.T) {
+	dir := t.TempDir()
+	inUse, unused, snapped := filepath.Join(dir, ".retired-a"), filepath.Join(dir, ".retired-b"), filepath.Join(dir, ".retired-c")
+	for _, d := range []string{inUse, unused, snapped} {
+		os.Mkdir(d, 0o755)
+	}
+	m := &Manager{Root: dir, RunDir: filepath.Join(dir, "run")}
+	os.MkdirAll(filepath.Join(m.RunDir, "machines"), 0o700)
+	rec := func(name, storage, tree string) {
+		var st unix.Stat_t
+		if err := unix.Stat(tree, &st); err != nil {
+			t.Fatal(err)
+		}
+		r := &Record{Name: name, State: StateRunning, Storage: storage, ImageDev: uint64(st.Dev), ImageIno: st.Ino}
+		if err := writeRecord(m.layout(name).Record, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec("nr-1-0123456789ab", StorageOverlay, inUse)
+	rec("nr-2-0123456789ab", StorageBtrfs, snapped)
+	imgs := &fakeImages{retired: []string{inUse, unused, snapped}}
+	m.Images = imgs
+	removed, err := m.gcImages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(removed, []string{unused, snapped}) {
+		t.Errorf("gcImages removed %q, want %q (the overlay's lower layer kept)", removed, []string{unused, snapped})
+	}
 }
