@@ -27,6 +27,16 @@ bench:
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/nspawn-runner
+	# systemd units (enable the timers yourself) and, for hosts without
+	# systemd, the cron file; example playbooks. The units name the binary
+	# where this install put it.
+	install -d $(DESTDIR)/etc/systemd/system $(DESTDIR)/usr/share/doc/nspawn-runner/examples
+	for f in dist/*.service dist/*.timer; do \
+		sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' $$f > $(DESTDIR)/etc/systemd/system/$$(basename $$f) && \
+		chmod 0644 $(DESTDIR)/etc/systemd/system/$$(basename $$f) || exit 1; \
+	done
+	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' dist/nspawn-runner.cron > $(DESTDIR)/usr/share/doc/nspawn-runner/examples/nspawn-runner.cron
+	install -m 0644 examples/*.yaml $(DESTDIR)/usr/share/doc/nspawn-runner/examples/
 
 # From a fresh Debian 12 machine to a real CI job, end to end.
 demo:

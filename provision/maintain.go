@@ -136,7 +136,11 @@ func (m *Maintainer) Maintain(ctx context.Context, only string) error {
 			continue
 		}
 		if err := m.maintain(ctx, n, pb, false); err != nil {
-			m.progress(n, "FAILED: %v", err)
+			if len(names) > 1 {
+				// The errors are repeated together at the end; say it
+				// here too, where the image's output is.
+				m.progress(n, "FAILED: %v", err)
+			}
 			errs = append(errs, err)
 		}
 	}
