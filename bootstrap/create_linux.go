@@ -160,10 +160,13 @@ func (s *Store) run(ctx context.Context, c Command, ws string, o CreateOptions) 
 	cmd.Env = append(os.Environ(), c.Env...)
 	cmd.Dir = "/"
 	// Setpgid: one kill(-pgid) reaches debootstrap's children too.
-	// Pdeathsig: when nspawn-runner itself is SIGKILLed, debootstrap dies
-	// with it instead of finishing an image nobody will install; the next
-	// create kills the stragglers and removes the workspace.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// CLONE_NEWPID + Pdeathsig: when nspawn-runner itself is SIGKILLed,
+	// debootstrap (the init of its own PID namespace) gets SIGKILL, and the
+	// kernel then kills every process in that namespace (pid_namespaces(7)):
+	// the subshells and dpkg runs that debootstrap forked, which would
+	// otherwise go on writing into a workspace being removed. It also ends
+	// daemons a maintainer script started, when debootstrap finishes.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Cloneflags: syscall.CLONE_NEWPID}
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return fmt.Errorf("%s: %w", c, err)

@@ -151,9 +151,10 @@ func nestedSubvolumes(root string) ([]string, error) {
 }
 
 // killInside SIGKILLs every process whose root or working directory lies
-// in dir: what a killed debootstrap leaves running (dpkg, chroot'ed
-// maintainer scripts) would otherwise keep writing into a tree being
-// removed. Errors are ignored: a process may exit while we look.
+// in dir, or whose command line names it: what a killed debootstrap of an
+// older version left running (its subshells, dpkg, chroot'ed maintainer
+// scripts) would otherwise keep writing into a tree being removed. Errors
+// are ignored: a process may exit while we look.
 func killInside(dir string) {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
@@ -165,12 +166,27 @@ func killInside(dir string) {
 		if err != nil || pid == self || pid <= 1 {
 			continue
 		}
-		for _, l := range []string{"root", "cwd"} {
-			t, err := os.Readlink(filepath.Join("/proc", e.Name(), l))
-			if err == nil && (t == dir || strings.HasPrefix(t, dir+"/")) {
-				_ = unix.Kill(pid, unix.SIGKILL)
-				break
-			}
+		if processIn(e.Name(), dir) {
+			_ = unix.Kill(pid, unix.SIGKILL)
 		}
 	}
+}
+
+func processIn(pid, dir string) bool {
+	for _, l := range []string{"root", "cwd"} {
+		t, err := os.Readlink(filepath.Join("/proc", pid, l))
+		if err == nil && (t == dir || strings.HasPrefix(t, dir+"/")) {
+			return true
+		}
+	}
+	cmdline, err := os.ReadFile(filepath.Join("/proc", pid, "cmdline"))
+	if err != nil {
+		return false
+	}
+	for _, arg := range strings.Split(string(cmdline), "\x00") {
+		if arg == dir || strings.HasPrefix(arg, dir+"/") {
+			return true
+		}
+	}
+	return false
 }

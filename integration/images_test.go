@@ -232,10 +232,13 @@ func TestImagesDoneWhen(t *testing.T) {
 	}
 	t.Logf("a SIGKILLed create left %q, mounts %q", debris, imMountsBelow(h.root))
 
-	out := h.must(t, "chroot-create", "bookworm", "--suite", "bookworm")
+	_, errs, code := h.run(t, "-v", "chroot-create", "bookworm", "--suite", "bookworm")
+	if code != 0 {
+		t.Fatalf("chroot-create after a killed one: exit %d\n%s", code, errs)
+	}
 	for _, e := range h.entries(t) {
 		if strings.HasPrefix(e, ".tmp-") {
-			t.Errorf("the next create left the debris %s", e)
+			t.Errorf("the next create left the debris %s; its stderr:\n%s", e, errs)
 		}
 	}
 	if m := imMountsBelow(h.root); len(m) != 0 {
@@ -246,7 +249,6 @@ func TestImagesDoneWhen(t *testing.T) {
 			t.Errorf("processes %v still run in the killed create's workspace", p)
 		}
 	}
-	_ = out
 
 	h.must(t, "chroot-login", "bookworm", "--", "true")
 	ver := h.must(t, "chroot-login", "bookworm", "--", "cat", "/etc/debian_version")
@@ -266,7 +268,7 @@ func TestImagesDoneWhen(t *testing.T) {
 		t.Errorf("chroot-list --json = %v, %v", rows, err)
 	}
 
-	_, errs, code := h.run(t, "chroot-create", "bookworm", "--suite", "bookworm")
+	_, errs, code = h.run(t, "chroot-create", "bookworm", "--suite", "bookworm")
 	if code != 1 || !strings.Contains(errs, "already exists") {
 		t.Errorf("chroot-create of an existing image = exit %d, %q", code, errs)
 	}

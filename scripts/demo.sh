@@ -1,0 +1,75 @@
+#!/bin/bash
+# From a fresh Debian 12 machine (as root) to a base image you can enter and,
+# once the job section below is filled in, a real CI job run end to end.
+#
+#   sudo make demo      (or: sudo ./scripts/demo.sh)
+#
+# Environment: NSPAWN_RUNNER_ROOT (default /var/lib/nspawn-runner),
+# LOOPBACK_SIZE (default 8G: the btrfs file used when the root is not on btrfs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROOT=${NSPAWN_RUNNER_ROOT:-/var/lib/nspawn-runner}
+LOOPBACK_SIZE=${LOOPBACK_SIZE:-8G}
+BIN=bin/nspawn-runner
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "demo.sh: run me as root (sudo make demo)" >&2
+	exit 1
+fi
+
+step "installing the Debian packages nspawn-runner needs"
+export DEBIAN_FRONTEND=noninteractive
+need=(systemd-container debootstrap btrfs-progs libbtrfs-dev eatmydata ansible make gcc git ca-certificates)
+missing=()
+for p in "${need[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+	apt-get update -qq
+	apt-get install -y -qq "${missing[@]}"
+else
+	echo "all installed: ${need[*]}"
+fi
+
+step "building nspawn-runner"
+export PATH="$PATH:/usr/local/go/bin"
+if ! command -v go >/dev/null; then
+	echo "demo.sh: Go 1.26 or later is needed to build; install the official Go release in /usr/local/go and run me again" >&2
+	exit 1
+fi
+make build
+"$BIN" --version
+
+step "preparing the image root $ROOT"
+# The nearest existing directory tells which filesystem the root will be on.
+probe=$ROOT
+while [ ! -d "$probe" ]; do probe=$(dirname "$probe"); done
+fstype=$(stat -f -c %T "$probe")
+if [ "$fstype" = btrfs ]; then
+	"$BIN" --root "$ROOT" setup
+elif [ -z "$(ls -A "$ROOT" 2>/dev/null | grep -v -e '^\.lock$' -e '^\.meta$' || true)" ]; then
+	# Not btrfs and nothing there yet: a loopback btrfs file gives images
+	# as subvolumes and jobs instant snapshots. setup prints the fstab
+	# line that mounts it at boot.
+	"$BIN" --root "$ROOT" setup --loopback "$LOOPBACK_SIZE"
+else
+	echo "$ROOT is on $fstype and already holds images: keeping it (images are directories, jobs use overlayfs)"
+	"$BIN" --root "$ROOT" setup
+fi
+
+step "creating the base image bookworm"
+if [ -d "$ROOT/bookworm" ]; then
+	echo "bookworm exists already"
+else
+	"$BIN" --root "$ROOT" chroot-create bookworm --suite bookworm
+fi
+"$BIN" --root "$ROOT" chroot-list
+
+step "entering it"
+echo -n "Debian version in the image: "
+"$BIN" --root "$ROOT" chroot-login bookworm -- cat /etc/debian_version
+
+# job
+step "running a CI job"
+echo "the CI-job part of the demo comes with the machine lifecycle"
