@@ -119,16 +119,9 @@ func (s *Store) create(ctx context.Context, name string, o CreateOptions) error 
 			}
 		}
 	}()
-	eatmydata, _ := exec.LookPath("eatmydata")
-	c := DebootstrapCommand(o, ws, eatmydata)
-	s.log().Info("creating image", "image", name, "suite", o.Suite, "workspace", ws, "cmd", c.String())
+	s.log().Info("creating image", "image", name, "suite", o.Suite, "workspace", ws)
 	start := time.Now()
-	if err := s.run(ctx, c, ws, o); err != nil {
-		return fmt.Errorf("create image %s: %w", name, err)
-	}
-	// debootstrap unmounts what it mounted on success; make sure, since a
-	// mount left below the image would be renamed with it.
-	if err := unmountBelow(ws); err != nil {
+	if err := s.Debootstrap(ctx, ws, o); err != nil {
 		return fmt.Errorf("create image %s: %w", name, err)
 	}
 	if err := s.Install(name, ws); err != nil {
@@ -141,6 +134,32 @@ func (s *Store) create(ctx context.Context, name string, o CreateOptions) error 
 	}
 	s.log().Info("created image", "image", name, "path", s.path(name), "took", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// Debootstrap runs debootstrap for o into ws, an empty workspace made with
+// Workspace whose image lock the caller holds: what Create does between
+// making the workspace and installing it, for callers (maintenance) that
+// do more to the tree before it becomes the image. Progress goes to
+// o.Progress as in Create. When it fails or ctx ends, debootstrap and all
+// it started are dead and nothing is mounted below ws when it returns; the
+// caller removes ws (RemoveTree).
+func (s *Store) Debootstrap(ctx context.Context, ws string, o CreateOptions) error {
+	if err := s.checkWorkspace(ws); err != nil {
+		return fmt.Errorf("debootstrap: %w", err)
+	}
+	if err := checkSuite(o.Suite); err != nil {
+		return fmt.Errorf("debootstrap: %w", err)
+	}
+	eatmydata, _ := exec.LookPath("eatmydata")
+	c := DebootstrapCommand(o, ws, eatmydata)
+	s.log().Info("running debootstrap", "workspace", ws, "cmd", c.String())
+	err := s.run(ctx, c, ws, o)
+	// debootstrap unmounts what it mounted when it succeeds, not when it
+	// is killed; and a mount left below would be renamed with the tree.
+	if uerr := unmountBelow(ws); uerr != nil && err == nil {
+		err = fmt.Errorf("%s: %w", c, uerr)
+	}
+	return err
 }
 
 // exists fails with ErrExists when image name exists.

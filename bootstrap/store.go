@@ -246,7 +246,8 @@ func birthTime(p string) time.Time {
 // that create, remove and maintenance of one image never overlap. It waits
 // until the lock is free or ctx is done, logging that it waits. The lock is
 // released by unlock, or by the kernel when the process dies: a SIGKILLed
-// holder never leaves a stale lock.
+// holder never leaves a stale lock. It tries once before it looks at ctx,
+// so a ctx that is already done makes it a try-lock.
 func (s *Store) Lock(ctx context.Context, name string) (unlock func(), err error) {
 	if err := config.CheckImageName(name); err != nil {
 		return nil, err

@@ -492,3 +492,38 @@ func TestCreate(t *testing.T) {
 		t.Errorf("root after Create holds %q", e)
 	}
 }
+
+// A failing debootstrap: the error carries the command line and the tail of
+// its output, and Create leaves nothing behind.
+func TestCreateFails(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireBinary(t, "debootstrap")
+	s := &bootstrap.Store{Root: filepath.Join(t.TempDir(), "images")}
+	err := s.Create(context.Background(), "img", bootstrap.CreateOptions{Suite: "nosuchsuite"})
+	if err == nil || !strings.Contains(err.Error(), "debootstrap --variant=minbase") || !strings.Contains(err.Error(), "nosuchsuite") || !strings.Contains(err.Error(), "E: ") {
+		t.Errorf("Create(nosuchsuite) = %v, want the command line and debootstrap's error", err)
+	}
+	for _, e := range entries(t, s.Root) {
+		if e != ".lock" {
+			t.Errorf("failed Create left %s", e)
+		}
+	}
+	unlock, err := s.Lock(context.Background(), "img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	ws, err := s.Workspace("img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Debootstrap(context.Background(), ws, bootstrap.CreateOptions{Suite: "nosuchsuite"}); err == nil {
+		t.Errorf("Debootstrap(nosuchsuite) succeeded")
+	}
+	if err := s.Debootstrap(context.Background(), "/tmp", bootstrap.CreateOptions{Suite: "bookworm"}); err == nil {
+		t.Errorf("Debootstrap into a path that is no workspace succeeded")
+	}
+	if err := s.RemoveTree(ws); err != nil {
+		t.Fatal(err)
+	}
+}
