@@ -368,7 +368,10 @@ type proc struct {
 	comm string
 }
 
-// processes finds host processes running inside this runner's trees.
+// processes finds the processes of this runner's machines: those in a
+// cgroup below its cgroup parent (nspawn, the machine's init and
+// everything the job started), seen from the host's /proc. (A process's
+// /proc/PID/root cannot tell: it reads "/" across mount namespaces.)
 func (r *Runner) processes() []proc {
 	var ps []proc
 	ents, _ := os.ReadDir("/proc")
@@ -377,12 +380,20 @@ func (r *Runner) processes() []proc {
 		if err != nil || pid == os.Getpid() {
 			continue
 		}
-		for _, l := range []string{"root", "cwd"} {
-			target, err := os.Readlink(fmt.Sprintf("/proc/%d/%s", pid, l))
-			if err != nil {
-				continue
-			}
-			if within(target, r.FS) || within(target, r.RunDir) {
+		if processState(pid) == 'Z' {
+			// A zombie is dead: it waits for its parent to reap it,
+			// which is init for the detached nspawn, and an init that is
+			// not systemd may take its time.
+			continue
+		}
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(data), "\n") {
+			// "0::/PATH" is the unified hierarchy (cgroup v2).
+			path, ok := strings.CutPrefix(l, "0::")
+			if ok && within(path, "/"+r.CgroupParent) {
 				comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
 				ps = append(ps, proc{pid, strings.TrimSpace(string(comm))})
 				break
@@ -390,6 +401,20 @@ func (r *Runner) processes() []proc {
 		}
 	}
 	return ps
+}
+
+// processState is the state letter of /proc/PID/stat (after the
+// parenthesised comm, which may itself contain spaces and parentheses).
+func processState(pid int) byte {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 || i+2 >= len(data) {
+		return 0
+	}
+	return data[i+2]
 }
 
 func within(p, dir string) bool {
@@ -446,6 +471,18 @@ func (r *Runner) forceClean() {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+	for _, root := range cgroup2Roots() {
+		parent := filepath.Join(root, r.CgroupParent)
+		ents, _ := os.ReadDir(parent)
+		for _, e := range ents {
+			if e.IsDir() {
+				// cgroup.kill exists since Linux 5.14.
+				os.WriteFile(filepath.Join(parent, e.Name(), "cgroup.kill"), []byte("1"), 0)
+				time.Sleep(200 * time.Millisecond)
+				os.Remove(filepath.Join(parent, e.Name()))
+			}
+		}
+	}
 	ms := r.mounts()
 	for i := len(ms) - 1; i >= 0; i-- {
 		syscall.Unmount(ms[i], syscall.MNT_DETACH)
@@ -486,6 +523,8 @@ type Job struct {
 	// Response, when set, is written as JOB_RESPONSE_FILE instead of the
 	// payload built from the fields above.
 	Response string
+	// AfterStage, when set, is called after each run stage.
+	AfterStage func(s StageResult)
 }
 
 // StageResult is one executor call.
@@ -762,7 +801,11 @@ func (r *Runner) RunJob(t *testing.T, j Job) *Result {
 			out, errOut, code = r.call(context.Background(), tmp, env, args...)
 		}
 		cf, _ := os.ReadFile(codeFile)
-		return record(&res.Stages, name, out, errOut, code, time.Since(start), strings.TrimSpace(string(cf)))
+		s := record(&res.Stages, name, out, errOut, code, time.Since(start), strings.TrimSpace(string(cf)))
+		if j.AfterStage != nil {
+			j.AfterStage(s)
+		}
+		return s
 	}
 
 	// run_exec, stage by stage, as gitlab-runner orders them.

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -255,6 +256,18 @@ func TestCancel(t *testing.T) {
 		Script:      []string{`sleep 1000 & echo "sleeping as $!"`, `echo CANCEL-READY`, `wait`},
 		AfterScript: []string{`echo after-script-ran`},
 		CancelOn:    "CANCEL-READY",
+		AfterStage: func(s StageResult) {
+			if s.Name != "build_script" {
+				return
+			}
+			// run has exited: the stage's processes must be gone while
+			// the machine itself still runs until cleanup.
+			for _, p := range r.processes() {
+				if p.comm == "sleep" || p.comm == "bash" {
+					t.Errorf("after run exited on SIGTERM, the stage's process %d (%s, state %c) still runs", p.pid, p.comm, processState(p.pid))
+				}
+			}
+		},
 	})
 	b := res.Stage("build_script")
 	if res.Status != "canceled" || b == nil {
@@ -440,6 +453,32 @@ func TestPersistentBuildsDir(t *testing.T) {
 		res := run(want.project)
 		if s := res.Stage("get_sources"); !strings.Contains(s.Stdout, want.log) {
 			t.Errorf("job %d (project %d): get_sources said %q, want %q", i, want.project, s.Stdout, want.log)
+		}
+	}
+	r.AssertClean(t)
+}
+
+// The leftover check the other tests rely on does see a live machine: a
+// prepared job without cleanup shows up as processes, a subvolume and a
+// ps entry; cleanup then removes all of it, and a second cleanup is fine.
+func TestLeftoverCheckSeesMachines(t *testing.T) {
+	r := NewRunner(t, Options{StandIn: true})
+	tmp := t.TempDir()
+	resp := filepath.Join(tmp, "response.json")
+	os.WriteFile(resp, []byte(`{"id": 4242, "job_info": {"project_id": 1}, "git_info": {"repo_url": "https://gitlab-a.example/g/p.git"}}`), 0o600)
+	env := append(os.Environ(), "JOB_RESPONSE_FILE="+resp, "SYSTEM_FAILURE_EXIT_CODE=2", "BUILD_FAILURE_EXIT_CODE=1", "TMPDIR="+tmp)
+	if _, errOut, code := r.call(context.Background(), tmp, env, r.machineCmd("prepare", "--default-image", BaseImage)...); code != 0 {
+		t.Fatalf("prepare: exit %d: %s", code, errOut)
+	}
+	left := strings.Join(r.leftovers(), "\n")
+	for _, want := range []string{"process ", "subvolume ", "ps --json", "cgroup "} {
+		if !strings.Contains(left, want) {
+			t.Errorf("leftovers() with a live machine lacks %q:\n%s", want, left)
+		}
+	}
+	for i := 0; i < 2; i++ {
+		if _, errOut, code := r.call(context.Background(), tmp, env, r.machineCmd("cleanup")...); code != 0 {
+			t.Errorf("cleanup %d: exit %d: %s", i+1, code, errOut)
 		}
 	}
 	r.AssertClean(t)
