@@ -275,7 +275,9 @@ func (h *lcHost) leftovers() []string {
 			}
 		}
 	}
-	for _, p := range lcProcesses(h.prefix, h.runDir, h.root) {
+	// By this host's own paths: other tests (and other runs of this one)
+	// use the same name prefix at the same time.
+	for _, p := range lcProcesses(h.runDir, h.root) {
 		left = append(left, "process "+p)
 	}
 	return left
@@ -301,7 +303,7 @@ func lcProcesses(markers ...string) []string {
 		cl, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
 		s := string(bytes.ReplaceAll(cl, []byte{0}, []byte{' '}))
 		for _, m := range markers {
-			if strings.Contains(s, "--machine="+m) || (strings.Contains(s, m) && strings.Contains(s, "nspawn")) {
+			if strings.Contains(s, m) && strings.Contains(s, "nspawn") {
 				out = append(out, e.Name()+" "+s)
 				break
 			}
@@ -385,6 +387,20 @@ func TestLifecycleBtrfs(t *testing.T) {
 			t.Fatal(err)
 		}
 		lcStages(t, h, "fast", "volatile")
+	})
+	t.Run("ready timeout", func(t *testing.T) {
+		saved := h.config
+		defer func() { h.config = saved }()
+		h.config = filepath.Join(t.TempDir(), "slow.yaml")
+		if err := os.WriteFile(h.config, []byte("machine:\n  ready_timeout: 50ms\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		j := h.newJob()
+		r := j.call("prepare", "bookworm", "--mode", "boot")
+		if r.code != 2 || !strings.Contains(r.stderr, "waiting for") {
+			t.Errorf("prepare that times out: exit %d, stderr %q; want 2 and what it waited for", r.code, r.stderr)
+		}
+		h.assertClean(t)
 	})
 	t.Run("dead machine", func(t *testing.T) { lcDeadMachine(t, h) })
 	t.Run("sigterm during run", func(t *testing.T) { lcSigterm(t, h) })

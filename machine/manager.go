@@ -133,7 +133,8 @@ func (m *Manager) Prepare(ctx context.Context, req PrepareRequest) (name string,
 	if err != nil {
 		return "", fmt.Errorf("prepare %s: %w", name, err)
 	}
-	defer func() { lk.release(false) }()
+	removed := false
+	defer func() { lk.release(removed) }()
 	if m.exists(l) {
 		m.log().Info("removing what an earlier prepare of this job left", "machine", name)
 		if err := m.destroy(context.WithoutCancel(ctx), l); err != nil {
@@ -146,6 +147,8 @@ func (m *Manager) Prepare(ctx context.Context, req PrepareRequest) (name string,
 			defer cancel()
 			if cerr := m.destroy(cctx, l); cerr != nil {
 				m.log().Error("tearing down the failed machine", "machine", name, "err", cerr)
+			} else {
+				removed = true
 			}
 		}
 	}()
@@ -502,8 +505,20 @@ func (m *Manager) removeStorage(l Layout) error {
 	if _, err := os.Lstat(l.MachineDir); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
+	// systemd-nspawn locks the tree it runs in
+	// /run/systemd/nspawn/locks/inode-DEV:INO and removes that file when it
+	// exits; a killed one leaves it. The tree is ours alone, so its lock
+	// file is too.
+	var st unix.Stat_t
+	lockFile := ""
+	if unix.Stat(l.Tree, &st) == nil {
+		lockFile = fmt.Sprintf("/run/systemd/nspawn/locks/inode-%d:%d", st.Dev, st.Ino)
+	}
 	if err := mount.UnmountAll(l.MachineDir); err != nil {
 		return err
+	}
+	if lockFile != "" {
+		_ = os.Remove(lockFile)
 	}
 	if ok, err := btrfs.IsSubvolume(l.Tree); err == nil && ok {
 		if err := btrfs.Delete(l.Tree); err != nil {
