@@ -155,8 +155,9 @@ func cacheStages(j *Job, cacheDir, projectDir string) {
 func TestCachePerProject(t *testing.T) {
 	r := NewRunner(t, Options{StandIn: true})
 	token := fmt.Sprintf("cache-token-%d", os.Getpid())
+	var spoof []Var
 	job := func(instance string, project int64, script ...string) *Result {
-		j := Job{Instance: instance, ProjectID: project, ProjectPath: "group/project", Script: script}
+		j := Job{Instance: instance, ProjectID: project, ProjectPath: "group/project", Script: script, Vars: spoof}
 		cacheStages(&j, gitlab.MachineCacheDir, filepath.Join(gitlab.MachineBuildsDir, j.ProjectPath))
 		return r.RunJob(t, j)
 	}
@@ -183,6 +184,13 @@ func TestCachePerProject(t *testing.T) {
 			t.Errorf("project %d on %s found a cache:\n%s", other.project, other.instance, res.Log)
 		}
 	}
+
+	// A job that sets CI_PROJECT_ID and CI_SERVER_URL variables (they
+	// reach the executor as CUSTOM_ENV_*) still gets its own project's
+	// cache: the key comes from the runner's payload.
+	spoof = []Var{{"CI_PROJECT_ID", "1"}, {"CI_SERVER_URL", a}}
+	res = job(a, 2, `test ! -e vendor/data.txt`, `test -z "$(find /cache -type f)"`)
+	mustPass(t, res)
 
 	// On the host: one directory per project; the first project's holds
 	// the archive.
