@@ -133,8 +133,8 @@ type Status struct {
 	// Memory is memory.current of the machine's cgroup, else the summed
 	// RSS of its processes, in bytes.
 	Memory uint64 `json:"memory"`
-	// State is running, preparing, or dead (systemd-nspawn is gone:
-	// gc removes it).
+	// State is running, preparing, stopping, or dead (systemd-nspawn is
+	// gone, or its prepare or cleanup died: gc removes it).
 	State     string `json:"state"`
 	LeaderPID int    `json:"leader_pid,omitempty"`
 }
@@ -150,23 +150,25 @@ func (m *Manager) List(ctx context.Context) ([]Status, error) {
 	for _, n := range names {
 		rec, err := readRecord(m.layout(n).Record)
 		if err != nil {
-			out = append(out, Status{Name: n, State: "dead"})
+			out = append(out, Status{Name: n, State: StateDead})
 			continue
 		}
 		s := Status{Name: n, JobID: rec.JobID, Image: rec.Image, Mode: rec.Mode, Storage: rec.Storage,
 			Created: rec.Created, Age: now.Sub(rec.Created).Round(time.Second).String(), LeaderPID: rec.LeaderPID}
-		switch {
-		case ns.Alive(rec.NspawnPID, rec.NspawnStart) && rec.State == StateRunning:
-			s.State = StateRunning
-		case rec.State == StatePreparing:
-			if lk, err := lock(ctx, m.layout(n).Lock, false); err == nil {
-				lk.release(false)
-				s.State = "dead"
-			} else {
-				s.State = StatePreparing
+		switch rec.State {
+		case StateRunning:
+			s.State = StateDead
+			if ns.Alive(rec.NspawnPID, rec.NspawnStart) {
+				s.State = StateRunning
 			}
 		default:
-			s.State = "dead"
+			// Preparing or stopping: true while a prepare or cleanup
+			// holds the lock; left by one that died otherwise.
+			s.State = rec.State
+			if lk, err := lock(ctx, m.layout(n).Lock, false); err == nil {
+				lk.release(false)
+				s.State = StateDead
+			}
 		}
 		s.Memory = m.memory(rec.Cgroup)
 		out = append(out, s)

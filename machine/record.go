@@ -18,6 +18,9 @@ const (
 	StateRunning   = "running"
 	// StateStopping: cleanup or gc started removing the machine.
 	StateStopping = "stopping"
+	// StateDead is never written: List reports it for machines gc would
+	// remove.
+	StateDead = "dead"
 )
 
 // Record is the state of one machine, in RUN_DIR/machines/NAME.json.
