@@ -525,6 +525,9 @@ type Job struct {
 	Response string
 	// AfterStage, when set, is called after each run stage.
 	AfterStage func(s StageResult)
+	// ExtraStages run after build_script, like the step_* stages GitLab
+	// may add; their commands come from Stages.
+	ExtraStages []string
 }
 
 // StageResult is one executor call.
@@ -823,6 +826,14 @@ func (r *Runner) RunJob(t *testing.T, j Job) *Result {
 			status = "canceled"
 		case s.Exit != 0:
 			status = outcome(s.Exit)
+		}
+		for _, name := range j.ExtraStages {
+			if status != "success" {
+				break
+			}
+			if s := runStage(name, ""); s.Exit != 0 {
+				status = outcome(s.Exit)
+			}
 		}
 	}
 	if status != "canceled" {

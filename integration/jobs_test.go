@@ -69,17 +69,22 @@ func TestConfigStage(t *testing.T) {
 // (overlay), with the runner binary on PATH inside the machine.
 func TestPassingJob(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		plain bool
-	}{{"btrfs", false}, {"plain-dir", true}} {
+		name    string
+		plain   bool
+		machine string
+	}{{"btrfs", false, ""}, {"plain-dir", true, ""}, {"fast-mode", false, "  mode: fast\n"}} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := NewRunner(t, Options{StandIn: true, PlainRoot: tc.plain})
+			r := NewRunner(t, Options{StandIn: true, PlainRoot: tc.plain, Machine: tc.machine})
 			res := r.RunJob(t, Job{
+				// A stage name gitlab-runner may invent later is run too.
+				ExtraStages: []string{"step_release"},
+				Stages:      map[string][]string{"step_release": {`echo "release step in $(cat /var/tmp/stage-state)"`}},
 				Script: []string{
 					`echo "hello from job $CI_JOB_ID"`,
 					`test "$PWD" = "$CI_PROJECT_DIR"`,
 					`echo "runner at $(command -v gitlab-runner)"`,
 					`grep -q bookworm /etc/os-release`,
+					`echo "state of $CI_JOB_ID" > /var/tmp/stage-state`,
 				},
 				AfterScript: []string{`echo "after: $CI_JOB_STATUS"`},
 			})
@@ -90,6 +95,9 @@ func TestPassingJob(t *testing.T) {
 			}
 			if !strings.Contains(b.Stdout, "runner at "+gitlab.MachineRunnerBinary) {
 				t.Errorf("gitlab-runner is not on PATH at %s in the machine:\n%s", gitlab.MachineRunnerBinary, b.Stdout)
+			}
+			if s := res.Stage("step_release"); s == nil || !strings.Contains(s.Stdout, "release step in state of ") {
+				t.Errorf("step_release did not run in the same machine:\n%s", res.Log)
 			}
 			if a := res.Stage("after_script"); a == nil || !strings.Contains(a.Stdout, "after: success") {
 				t.Errorf("after_script did not see CI_JOB_STATUS=success:\n%s", res.Log)
