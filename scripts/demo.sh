@@ -39,19 +39,17 @@ if ! command -v go >/dev/null; then
 	exit 1
 fi
 make build
-"$BIN" --version
 
 step "preparing the image root $ROOT"
 # The nearest existing directory tells which filesystem the root will be on.
 probe=$ROOT
 while [ ! -d "$probe" ]; do probe=$(dirname "$probe"); done
 fstype=$(stat -f -c %T "$probe")
-if [ "$fstype" = btrfs ]; then
-	"$BIN" --root "$ROOT" setup
-elif [ -z "$(ls -A "$ROOT" 2>/dev/null | grep -v -e '^\.lock$' -e '^\.meta$' || true)" ]; then
-	# Not btrfs and nothing there yet: a loopback btrfs file gives images
-	# as subvolumes and jobs instant snapshots. setup prints the fstab
-	# line that mounts it at boot.
+if [ "$fstype" = btrfs ] || [ -z "$(ls -A "$ROOT" 2>/dev/null | grep -v -e '^\.lock$' -e '^\.meta$' || true)" ]; then
+	# On btrfs already: nothing to mount (or our loopback file is, and setup
+	# says so). Not btrfs and nothing there yet: a loopback btrfs file gives
+	# images as subvolumes and jobs instant snapshots; setup prints the
+	# fstab line that mounts it at boot.
 	"$BIN" --root "$ROOT" setup --loopback "$LOOPBACK_SIZE"
 else
 	echo "$ROOT is on $fstype and already holds images: keeping it (images are directories, jobs use overlayfs)"
