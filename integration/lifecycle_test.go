@@ -249,7 +249,7 @@ func (h *lcHost) leftovers() []string {
 		left = append(left, "machine dir "+e.Name())
 	}
 	if infos, err := mount.Mountinfo(); err == nil {
-		for _, m := range mount.Below(infos, h.root) {
+		for _, m := range append(mount.Below(infos, h.root), mount.Below(infos, h.runDir)...) {
 			if m != h.root {
 				left = append(left, "mount "+m)
 			}

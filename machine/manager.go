@@ -35,6 +35,9 @@ type Images interface {
 	RemoveTree(path string) error
 }
 
+// scriptsSize bounds the tmpfs holding a machine's stage scripts.
+const scriptsSize = 64 << 20
+
 // DefaultCgroupParent is the cgroup under which machines get their own.
 const DefaultCgroupParent = "nspawn-runner"
 
@@ -186,6 +189,12 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 	}
 	if err := os.MkdirAll(l.Scripts, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", l.Scripts, err)
+	}
+	// Stage scripts (which carry the job's secrets) go through a small
+	// tmpfs of their own: never on disk, and written in microseconds
+	// whatever filesystem the run directory is on.
+	if _, err := mount.Tmpfs(l.Scripts, scriptsSize, 0o700); err != nil {
+		return err
 	}
 	if err := m.makeStorage(l, storage, imagePath); err != nil {
 		return err
@@ -490,6 +499,9 @@ func (m *Manager) destroy(ctx context.Context, l Layout) error {
 	if len(errs) > 0 {
 		// Keep the record: gc retries from it.
 		return errors.Join(errs...)
+	}
+	if err := mount.UnmountAll(l.RunDir); err != nil {
+		return err
 	}
 	if err := os.RemoveAll(l.RunDir); err != nil {
 		return fmt.Errorf("remove %s: %w", l.RunDir, err)
