@@ -10,6 +10,9 @@ type ExitError struct{ Code int }
 
 func (e *ExitError) Error() string { return fmt.Sprintf("command exited with status %d", e.Code) }
 
+// ExitCode is the status the caller should exit with.
+func (e *ExitError) ExitCode() int { return e.Code }
+
 // Login runs systemd-nspawn on the image itself (not a snapshot: changes
 // stay), with stdio passed through: argv when given, and its non-zero exit
 // status as *ExitError, else an interactive shell.

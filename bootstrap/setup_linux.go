@@ -132,20 +132,33 @@ func (s *Store) mountLoopback(ctx context.Context, file string, size int64, res 
 		// fstab line: mount it again, keeping its images.
 		s.log().Info("reusing the existing btrfs image file", "file", file)
 	}
-	dev, err := loop.Attach(file, loop.Options{})
-	if err != nil {
-		return err
+	// A loop device left attached to the file (a mount that failed, an
+	// unmount without detach) is reused: btrfs refuses to mount one
+	// filesystem from two devices that carry the same fsid.
+	var devPath string
+	attached := false
+	if devs, err := loop.Find(file); err == nil && len(devs) > 0 {
+		devPath = devs[0]
+		s.log().Info("reusing the loop device already attached to the file", "file", file, "device", devPath)
+	} else {
+		dev, err := loop.Attach(file, loop.Options{})
+		if err != nil {
+			return err
+		}
+		defer dev.Close()
+		devPath, attached = dev.Path, true
 	}
-	defer dev.Close()
-	if err := unix.Mount(dev.Path, root, "btrfs", 0, ""); err != nil {
-		_ = loop.Detach(dev.Path)
-		return fmt.Errorf("mount %s (%s) on %s: %w", dev.Path, file, root, err)
+	if err := unix.Mount(devPath, root, "btrfs", 0, ""); err != nil {
+		if attached {
+			_ = loop.Detach(devPath)
+		}
+		return fmt.Errorf("mount %s (%s) on %s: %w", devPath, file, root, err)
 	}
 	// The new filesystem's root directory is what the image root is now.
 	if err := os.Chmod(root, 0o755); err != nil {
 		return err
 	}
-	res.Mounted, res.File, res.Device = true, file, dev.Path
+	res.Mounted, res.File, res.Device = true, file, devPath
 	res.Fstab = FstabLine(file, root)
 	return nil
 }

@@ -120,3 +120,56 @@ func TestSetupLoopbackRefusesNonEmpty(t *testing.T) {
 		t.Errorf("a refused Setup created the loopback file")
 	}
 }
+
+// After an unmount without detach (or a reboot that kept the file), setup
+// mounts the file again, reusing its loop device, and its images are back.
+func TestSetupLoopbackRemount(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireBinary(t, "mkfs.btrfs")
+	dir := t.TempDir()
+	if ok, _ := btrfs.IsBtrfs(dir); ok {
+		t.Skip("the temporary directory is on btrfs already")
+	}
+	s := &bootstrap.Store{Root: filepath.Join(dir, "root")}
+	file := filepath.Join(dir, "root.btrfs")
+	t.Cleanup(func() {
+		for unix.Unmount(s.Root, unix.MNT_DETACH) == nil {
+		}
+		devs, _ := loop.Find(file)
+		for _, d := range devs {
+			loop.Detach(d)
+		}
+	})
+	o := bootstrap.SetupOptions{Loopback: 1 << 30, LoopbackFile: file}
+	res, err := s.Setup(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	smallImage(t, s, "kept", "1")
+	if err := unix.Unmount(s.Root, 0); err != nil {
+		t.Fatal(err)
+	}
+	res2, err := s.Setup(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res2.Mounted || res2.Device != res.Device {
+		t.Errorf("Setup after unmount = %+v, want %s mounted again", res2, res.Device)
+	}
+	if _, err := s.Path("kept"); err != nil {
+		t.Errorf("image lost across unmount and setup: %v", err)
+	}
+	// Unmounted and detached: a fresh loop device, same images.
+	if err := unix.Unmount(s.Root, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := loop.Detach(res.Device); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Setup(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Path("kept"); err != nil {
+		t.Errorf("image lost across detach and setup: %v", err)
+	}
+}
