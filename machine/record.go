@@ -56,7 +56,9 @@ type Record struct {
 	Created time.Time     `json:"created"`
 }
 
-// writeRecord writes r atomically (temporary file, fsync, rename).
+// writeRecord writes r atomically (temporary file, rename): a reader sees
+// the old record or the new one, never half of one. No fsync: the run
+// directory is volatile by design (a tmpfs; a reboot ends every machine).
 func writeRecord(path string, r *Record) error {
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
