@@ -731,12 +731,22 @@ func (r *Runner) RunJob(t *testing.T, j Job) *Result {
 	dirs := []Var{{"CI_BUILDS_DIR", buildsDir}, {"CI_PROJECT_DIR", projectDir}}
 	jobVars := append(append(append([]Var{}, payloadVars...), dirs...), Var{"CI_CACHE_DIR", cacheDir})
 
+	cleaned := true
 	cleanup := func(status string) {
+		cleaned = true
 		start := time.Now()
 		// cleanup has its own budget, after any cancel.
 		out, errOut, code := r.call(context.Background(), tmp, envWith(dirs, status), idArgs("cleanup")...)
 		record(&res.Cleanups, "cleanup", out, errOut, code, time.Since(start), "")
 	}
+
+	// Whatever stops this job early (a harness failure ends the goroutine
+	// with t.Fatal), the machine is cleaned up as gitlab-runner would.
+	defer func() {
+		if !cleaned {
+			cleanup("failed")
+		}
+	}()
 
 	// prepare_exec: a system failure is retried, three attempts in all,
 	// with cleanup after each failed one.
@@ -745,6 +755,7 @@ func (r *Runner) RunJob(t *testing.T, j Job) *Result {
 		if j.BeforePrepare != nil {
 			j.BeforePrepare(attempt)
 		}
+		cleaned = false
 		start := time.Now()
 		// As in the section toml printed: prepare --default-image.
 		out, errOut, code := r.call(context.Background(), tmp, envWith(dirs, ""), append(idArgs("prepare"), "--default-image", BaseImage)...)

@@ -330,6 +330,7 @@ func TestPrepareRetry(t *testing.T) {
 	if !strings.Contains(res.Prepares[0].Stderr, BaseImage) {
 		t.Errorf("the failed prepare does not name the available images:\n%s", res.Prepares[0].Stderr)
 	}
+	t.Logf("failed prepare said: %s", res.Prepares[0].Stderr)
 	if len(res.Cleanups) != 2 || res.Cleanups[0].Exit != 0 {
 		t.Errorf("cleanup after the failed prepare: %+v", res.Cleanups)
 	}
@@ -446,6 +447,7 @@ func TestAllowedImages(t *testing.T) {
 	if res.Status != "system" || !strings.Contains(res.Prepares[0].Stderr, BaseImage) {
 		t.Errorf("image not allowed: status %s:\n%s", res.Status, res.Log)
 	}
+	t.Logf("refused prepare said: %s", res.Prepares[0].Stderr)
 	mustPass(t, r.RunJob(t, Job{Image: BaseImage, HasImage: true, Script: []string{`true`}}))
 	r.AssertClean(t)
 }
