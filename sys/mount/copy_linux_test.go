@@ -462,3 +462,25 @@ func TestCopyTreeImage(t *testing.T) {
 		t.Errorf("the copy has %d regular file names, stats say %d files + %d links", files, stats.Files, stats.HardLinks)
 	}
 }
+
+// A default ACL on dst's parent must not leak into the copy: dst inherits
+// it on creation and would pass it on to every entry.
+func TestCopyTreeParentDefaultACL(t *testing.T) {
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
+	src, parent := filepath.Join(dir, "src"), filepath.Join(dir, "parent")
+	for _, p := range []string{filepath.Join(src, "sub"), parent} {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeFile(t, filepath.Join(src, "sub", "f"), "f")
+	if err := unix.Setxattr(parent, "system.posix_acl_default", aclUser1000(), 0); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(parent, "dst")
+	if _, err := mount.CopyTree(src, dst, mount.CopyOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	compareTrees(t, src, dst, all)
+}
