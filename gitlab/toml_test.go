@@ -214,3 +214,19 @@ func FuzzRunnerSectionTOML(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseTOML keeps the test parser itself honest: it must never panic,
+// and what it accepts must survive a second parse of the same text.
+func FuzzParseTOML(f *testing.F) {
+	good, _ := RunnerSection{Name: "n", Executable: "/bin/x", DefaultImage: "b"}.TOML()
+	f.Add(good)
+	f.Add("[[a]]\n[a.b]\nx = [1, \"\\u00e9\", true]\n")
+	f.Add("a = \"\\U0001F680\" # c\n")
+	f.Fuzz(func(t *testing.T, doc string) {
+		m1, err1 := parseTOML(doc)
+		m2, err2 := parseTOML(doc)
+		if (err1 == nil) != (err2 == nil) || !reflect.DeepEqual(m1, m2) {
+			t.Fatalf("parseTOML is not deterministic on %q", doc)
+		}
+	})
+}

@@ -105,6 +105,10 @@ type Runner struct {
 	// tests running at once never see each other's machines.
 	MachineArgs  []string
 	CgroupParent string
+	// StageArgs are the *_args of the runner section toml printed, by
+	// stage (config, prepare, run, cleanup): the harness calls the binary
+	// with exactly those, as gitlab-runner would.
+	StageArgs map[string][]string
 
 	t      *testing.T
 	mu     sync.Mutex
@@ -184,10 +188,8 @@ func NewRunner(t *testing.T, o Options) *Runner {
 	if code != 0 {
 		t.Fatalf("toml: exit %d\n%s", code, errOut)
 	}
-	for _, want := range []string{`run_exec = "` + bin + `"`, `"--run-dir", "` + r.RunDir + `"`} {
-		if !strings.Contains(out, want) {
-			t.Fatalf("toml output lacks %s:\n%s", want, out)
-		}
+	if r.StageArgs, err = sectionArgs(out, bin); err != nil {
+		t.Fatalf("toml output: %v\n%s", err, out)
 	}
 	r.TOMLPath = filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(r.TOMLPath, []byte(out), 0o600); err != nil {
@@ -196,6 +198,37 @@ func NewRunner(t *testing.T, o Options) *Runner {
 
 	t.Cleanup(r.teardown)
 	return r
+}
+
+// sectionArgs reads the four executables and their args from the runner
+// section. The values are TOML basic strings and arrays of them, which the
+// section writes with JSON-compatible escapes only, so JSON decodes them;
+// the section's full TOML validity is the gitlab package's test.
+func sectionArgs(doc, bin string) (map[string][]string, error) {
+	args := map[string][]string{}
+	for _, stage := range []string{"config", "prepare", "run", "cleanup"} {
+		var exe string
+		var a []string
+		for _, l := range strings.Split(doc, "\n") {
+			k, v, ok := strings.Cut(strings.TrimSpace(l), " = ")
+			switch {
+			case !ok:
+			case k == stage+"_exec":
+				if err := json.Unmarshal([]byte(v), &exe); err != nil {
+					return nil, fmt.Errorf("%s: %v", k, err)
+				}
+			case k == stage+"_args":
+				if err := json.Unmarshal([]byte(v), &a); err != nil {
+					return nil, fmt.Errorf("%s: %v", k, err)
+				}
+			}
+		}
+		if exe != bin || len(a) == 0 {
+			return nil, fmt.Errorf("%s_exec = %q with args %q, want %s and args", stage, exe, a, bin)
+		}
+		args[stage] = a
+	}
+	return args, nil
 }
 
 // placeImage copies the read-only cached tree into Root/name, as a btrfs
@@ -697,7 +730,7 @@ func (r *Runner) RunJob(t *testing.T, j Job) *Result {
 		return env
 	}
 	idArgs := func(cmd string) []string {
-		a := r.machineCmd(cmd)
+		a := append(append([]string{}, r.StageArgs[cmd]...), r.MachineArgs...)
 		if j.FlagID != "" {
 			a = append(a, "--id", j.FlagID)
 		}
@@ -711,7 +744,7 @@ func (r *Runner) RunJob(t *testing.T, j Job) *Result {
 	}
 
 	// config_exec
-	out, errOut, code := r.call(context.Background(), tmp, envWith([]Var{{"CI_BUILDS_DIR", ""}, {"CI_PROJECT_DIR", ""}}, ""), append(append([]string{}, r.Global...), "gitlab-config")...)
+	out, errOut, code := r.call(context.Background(), tmp, envWith([]Var{{"CI_BUILDS_DIR", ""}, {"CI_PROJECT_DIR", ""}}, ""), r.StageArgs["config"]...)
 	fmt.Fprintf(&log, "--- config (exit %d)\n%s", code, errOut)
 	if code != 0 {
 		res.Status = "system"
@@ -757,8 +790,7 @@ func (r *Runner) RunJob(t *testing.T, j Job) *Result {
 		}
 		cleaned = false
 		start := time.Now()
-		// As in the section toml printed: prepare --default-image.
-		out, errOut, code := r.call(context.Background(), tmp, envWith(dirs, ""), append(idArgs("prepare"), "--default-image", BaseImage)...)
+		out, errOut, code := r.call(context.Background(), tmp, envWith(dirs, ""), idArgs("prepare")...)
 		record(&res.Prepares, "prepare", out, errOut, code, time.Since(start), "")
 		if code == 0 {
 			prepared = true
