@@ -150,7 +150,8 @@ func (r *Runner) Run(ctx context.Context, t Target) error {
 		return fmt.Errorf("run playbook %s: %w", playbook, err)
 	}
 	defer os.RemoveAll(tmp)
-	files, err := writeRunFiles(tmp, nspawnExe, t.Name, tree, t.Machine)
+	w := Wrapper{Nspawn: nspawnExe, Tree: tree, Machine: t.Machine, Remote: filepath.Join(tmp, "remote"), NspawnVersion: nspawnVersion(ctx, nspawnExe)}
+	files, err := writeRunFiles(tmp, t.Name, w)
 	if err != nil {
 		return fmt.Errorf("run playbook %s: %w", playbook, err)
 	}
@@ -212,7 +213,7 @@ type runFiles struct{ inventory, config, wrapper string }
 
 // writeRunFiles writes the inventory, ansible.cfg and the chroot wrapper
 // of one run into dir.
-func writeRunFiles(dir, nspawnExe, name, tree, machine string) (runFiles, error) {
+func writeRunFiles(dir, name string, w Wrapper) (runFiles, error) {
 	f := runFiles{
 		inventory: filepath.Join(dir, "inventory"),
 		config:    filepath.Join(dir, "ansible.cfg"),
@@ -223,13 +224,13 @@ func writeRunFiles(dir, nspawnExe, name, tree, machine string) (runFiles, error)
 			return f, err
 		}
 	}
-	if err := os.WriteFile(f.inventory, []byte(Inventory(name, tree, f.wrapper)), 0o600); err != nil {
+	if err := os.WriteFile(f.inventory, []byte(Inventory(name, w.Tree, f.wrapper)), 0o600); err != nil {
 		return f, err
 	}
 	if err := os.WriteFile(f.config, []byte(AnsibleConfig(filepath.Join(dir, "local"))), 0o600); err != nil {
 		return f, err
 	}
-	if err := os.WriteFile(f.wrapper, []byte(Wrapper(nspawnExe, tree, machine, filepath.Join(dir, "remote"))), 0o700); err != nil {
+	if err := os.WriteFile(f.wrapper, []byte(w.Script()), 0o700); err != nil {
 		return f, err
 	}
 	return f, nil
@@ -266,14 +267,27 @@ pipelining = True
 `
 }
 
-// WrapperArgs is the systemd-nspawn argv (without the command) that runs
-// one of ansible's commands in the tree: not ephemeral (the changes are
-// the point), not booted, stdio passed through as pipes, the host
-// directory remote bound on RemoteTemp.
-func WrapperArgs(tree, machine, remote string) []string {
+// Wrapper is the ansible_chroot_exe of one run: a script running each of
+// ansible's commands in the tree with systemd-nspawn.
+type Wrapper struct {
+	// Nspawn is the systemd-nspawn binary.
+	Nspawn string
+	// Tree is the image tree the commands run in.
+	Tree string
+	// Machine is the machine name.
+	Machine string
+	// Remote is the host directory bound on RemoteTemp.
+	Remote string
+	// NspawnVersion is systemd-nspawn's major version (0: unknown).
+	NspawnVersion int
+}
+
+// Args is the systemd-nspawn argv (without the command): not ephemeral
+// (the changes are the point), not booted, stdio passed through as pipes.
+func (w Wrapper) Args() []string {
 	return nspawn.Args(nspawn.Spec{
-		Directory: tree,
-		Machine:   machine,
+		Directory: w.Tree,
+		Machine:   w.Machine,
 		// No machine registration or scope of its own: a command lives
 		// a few seconds, machined (when it exists) need not know it, and
 		// the commands stay in the cgroup of chroot-maintenance, so
@@ -286,26 +300,37 @@ func WrapperArgs(tree, machine, remote string) []string {
 		ResolvConf:  "copy-host",
 		LinkJournal: "no",
 		// fsync is suppressed while a playbook runs on a workspace; the
-		// workspace is synced once (syncfs) before it is swapped in.
-		SuppressSync: true,
+		// workspace is synced once (syncfs) before it is swapped in. The
+		// option exists since systemd 250.
+		SuppressSync: w.NspawnVersion >= 250,
 		Env:          []string{"DEBIAN_FRONTEND=noninteractive"},
-		Binds:        []nspawn.Bind{{Host: remote, Machine: RemoteTemp}},
+		Binds:        []nspawn.Bind{{Host: w.Remote, Machine: RemoteTemp}},
 	})
 }
 
-// Wrapper is the ansible_chroot_exe script. ansible's chroot connection
-// runs "WRAPPER TREE /bin/sh -c CMD"; the wrapper checks TREE and runs the
-// rest in the tree with systemd-nspawn.
-func Wrapper(nspawnExe, tree, machine, remote string) string {
+// Script is the wrapper script. ansible's chroot connection runs
+// "WRAPPER TREE /bin/sh -c CMD"; the script checks TREE and runs the rest
+// in the tree with systemd-nspawn.
+func (w Wrapper) Script() string {
 	var b strings.Builder
 	b.WriteString("#!/bin/sh\n# Written by nspawn-runner for one ansible-playbook run.\n")
-	fmt.Fprintf(&b, "if [ \"$1\" != %s ]; then echo \"nspawn-exec: unexpected tree $1\" >&2; exit 125; fi\nshift\n", shQuote(tree))
-	b.WriteString("exec " + shQuote(nspawnExe))
-	for _, a := range WrapperArgs(tree, machine, remote) {
+	fmt.Fprintf(&b, "if [ \"$1\" != %s ]; then echo \"nspawn-exec: unexpected tree $1\" >&2; exit 125; fi\nshift\n", shQuote(w.Tree))
+	b.WriteString("exec " + shQuote(w.Nspawn))
+	for _, a := range w.Args() {
 		b.WriteString(" " + shQuote(a))
 	}
 	b.WriteString(" -- \"$@\"\n")
 	return b.String()
+}
+
+// nspawnVersion asks systemd-nspawn for its major version; 0 when it
+// cannot tell.
+func nspawnVersion(ctx context.Context, exe string) int {
+	out, err := exec.CommandContext(ctx, exe, "--version").Output()
+	if err != nil {
+		return 0
+	}
+	return nspawn.ParseVersion(string(out))
 }
 
 func shQuote(s string) string {

@@ -94,8 +94,8 @@ func TestMachineName(t *testing.T) {
 }
 
 func TestWrapper(t *testing.T) {
-	args := WrapperArgs("/var/lib/nspawn-runner/.tmp-x-1", "m", "/tmp/r")
-	for _, a := range []string{"--directory=/var/lib/nspawn-runner/.tmp-x-1", "--machine=m", "--register=no", "--keep-unit", "--quiet", "--console=pipe", "--resolv-conf=copy-host", "--as-pid2", "--bind=/tmp/r:" + RemoteTemp} {
+	args := Wrapper{Tree: "/var/lib/nspawn-runner/.tmp-x-1", Machine: "m", Remote: "/tmp/r", NspawnVersion: 252}.Args()
+	for _, a := range []string{"--directory=/var/lib/nspawn-runner/.tmp-x-1", "--machine=m", "--register=no", "--keep-unit", "--quiet", "--console=pipe", "--resolv-conf=copy-host", "--as-pid2", "--bind=/tmp/r:" + RemoteTemp, "--suppress-sync=yes"} {
 		if !slices.Contains(args, a) {
 			t.Errorf("WrapperArgs = %q, lacks %q", args, a)
 		}
@@ -105,7 +105,11 @@ func TestWrapper(t *testing.T) {
 			t.Errorf("WrapperArgs = %q, has %q", args, a)
 		}
 	}
-	w := Wrapper("/usr/bin/systemd-nspawn", "/r/it's", "m", "/tmp/r")
+	old := Wrapper{Tree: "/r", Remote: "/tmp/r", NspawnVersion: 247}.Args()
+	if slices.Contains(old, "--suppress-sync=yes") {
+		t.Errorf("Args for systemd 247 = %q: --suppress-sync needs 250", old)
+	}
+	w := Wrapper{Nspawn: "/usr/bin/systemd-nspawn", Tree: "/r/it's", Machine: "m", Remote: "/tmp/r"}.Script()
 	for _, s := range []string{"#!/bin/sh\n", `if [ "$1" != '/r/it'\''s' ]`, "exec '/usr/bin/systemd-nspawn' '--quiet'", `'--directory=/r/it'\''s'`, ` -- "$@"` + "\n"} {
 		if !strings.Contains(w, s) {
 			t.Errorf("Wrapper lacks %q:\n%s", s, w)

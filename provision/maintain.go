@@ -1,17 +1,14 @@
 package provision
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"os/exec"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -244,17 +241,20 @@ func (m *Maintainer) maintain(ctx context.Context, name, playbook string, update
 		o := bootstrap.CreateOptions{
 			Suite:    firstNonEmpty(vars.Suite, m.Defaults.Suite),
 			Mirror:   firstNonEmpty(vars.Mirror, m.Defaults.Mirror),
-			Packages: bootstrap.Packages(slices.Concat(m.Defaults.Packages, vars.Include)),
+			Packages: slices.Concat(m.Defaults.Packages, vars.Include),
 		}
 		what := "creating"
 		if exists {
 			what = "recreating (" + VarRecreate + ")"
 		}
 		m.progress(name, "%s from %s with debootstrap in %s", what, o.Suite, ws)
-		if err := m.debootstrap(ctx, name, ws, o); err != nil {
+		if m.Progress != nil {
+			o.Progress = &linePrefix{w: m.Progress, prefix: "chroot-maintenance " + name + ": debootstrap: "}
+		}
+		if err := m.Store.Debootstrap(ctx, ws, o); err != nil {
 			return fmt.Errorf("maintain image %s: %w", name, err)
 		}
-		meta = bootstrap.Meta{Created: time.Now().UTC(), Suite: o.Suite, Mirror: o.Mirror, Packages: o.Packages}
+		meta = bootstrap.Meta{Created: time.Now().UTC(), Suite: o.Suite, Mirror: o.Mirror, Packages: bootstrap.Packages(o.Packages)}
 	} else {
 		m.progress(name, "copying the image to %s", ws)
 		how, err := copyImage(live, ws)
@@ -282,6 +282,12 @@ func (m *Maintainer) maintain(ctx context.Context, name, playbook string, update
 	}
 	retired, err := m.Store.Replace(name, ws)
 	if err != nil {
+		if retired != "" {
+			// The new image is in place; only moving the old tree aside
+			// failed, and that tree may be in use: never remove it here.
+			swapped = true
+			return fmt.Errorf("maintain image %s: the new image is in place, but: %w", name, err)
+		}
 		return fmt.Errorf("maintain image %s: %w", name, err)
 	}
 	swapped = true
@@ -341,67 +347,24 @@ func syncTree(dir string) error {
 	return nil
 }
 
-// debootstrap builds a new image into the workspace ws. It uses
-// bootstrap.DebootstrapCommand (the same invocation as chroot-create)
-// rather than Store.Create, because Create takes the image lock itself and
-// installs under the image's name at once, while maintenance holds the
-// lock and must not expose the image before its playbook ran.
-func (m *Maintainer) debootstrap(ctx context.Context, name, ws string, o bootstrap.CreateOptions) error {
-	eatmydata, _ := exec.LookPath("eatmydata")
-	c := bootstrap.DebootstrapCommand(o, ws, eatmydata)
-	m.log().Info("running debootstrap", "image", name, "cmd", c.String())
-	cmd := exec.Command(c.Path, c.Args...)
-	cmd.Env = append(os.Environ(), c.Env...)
-	cmd.Dir = "/"
-	// Its own process group, so a cancel reaches dpkg and the maintainer
-	// scripts too; and it dies with us rather than finish unseen.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		return fmt.Errorf("%s: %w", c, err)
-	}
-	cmd.Stdout, cmd.Stderr = pw, pw
-	if err := cmd.Start(); err != nil {
-		pw.Close()
-		pr.Close()
-		return fmt.Errorf("%s: %w", c, err)
-	}
-	pw.Close()
-	stop := context.AfterFunc(ctx, func() { _ = unix.Kill(-cmd.Process.Pid, unix.SIGKILL) })
-	defer stop()
-	var tail []string
-	phase := bootstrap.PhaseNone
-	sc := bufio.NewScanner(pr)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := sc.Text()
-		m.log().Debug("debootstrap", "image", name, "line", line)
-		if tail = append(tail, line); len(tail) > 30 {
-			tail = tail[1:]
+// linePrefix writes each line to w with a prefix, so that debootstrap's
+// progress lines say which image they are about.
+type linePrefix struct {
+	w      io.Writer
+	prefix string
+	buf    []byte
+}
+
+func (p *linePrefix) Write(b []byte) (int, error) {
+	p.buf = append(p.buf, b...)
+	for {
+		i := bytes.IndexByte(p.buf, '\n')
+		if i < 0 {
+			return len(b), nil
 		}
-		ev, ok := bootstrap.ParseLine(line)
-		switch {
-		case !ok:
-		case ev.Phase == bootstrap.PhaseMessage:
-			m.progress(name, "debootstrap: %s", ev.Text)
-		case ev.Phase > phase:
-			phase = ev.Phase
-			m.progress(name, "debootstrap: %s", phase)
+		if _, err := fmt.Fprintf(p.w, "%s%s\n", p.prefix, p.buf[:i]); err != nil {
+			return len(b), err
 		}
+		p.buf = p.buf[i+1:]
 	}
-	_, _ = io.Copy(io.Discard, pr)
-	pr.Close()
-	werr := cmd.Wait()
-	// debootstrap unmounts /proc and /sys of the target when it succeeds;
-	// a killed one does not, and a mount must not be renamed with a tree.
-	if err := mount.UnmountAll(ws); err != nil && werr == nil {
-		return fmt.Errorf("%s: %w", c, err)
-	}
-	if ctx.Err() != nil {
-		return fmt.Errorf("%s: interrupted: %w", c, context.Cause(ctx))
-	}
-	if werr != nil {
-		return fmt.Errorf("%s: %w\n%s", c, werr, strings.Join(tail, "\n"))
-	}
-	return nil
 }
