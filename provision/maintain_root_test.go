@@ -496,3 +496,38 @@ func TestMaintainCreatesAndRecreates(t *testing.T) {
 		t.Errorf("progress lacks the recreate phase:\n%s", out.String())
 	}
 }
+
+// TestProvisionNeverRecreates: the chroot-create hook provisions the image
+// just created, on a copy, even when the playbook asks maintenance to
+// recreate it.
+func TestProvisionNeverRecreates(t *testing.T) {
+	requireAnsible(t)
+	root, dir := testutil.NewBtrfs(t, 4<<30), t.TempDir()
+	live := seedImage(t, root, "nrt-pv-img")
+	if err := os.WriteFile(filepath.Join(live, "etc/nrt-pv-marker"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	writePlaybook(t, dir, "nrt-pv-img.yaml", `- hosts: all
+  gather_facts: false
+  vars:
+    nspawn_runner_maint_recreate: true
+  tasks:
+    - name: write a file
+      copy:
+        dest: /etc/nrt-pv-provisioned
+        content: "provisioned\n"
+`)
+	var out syncBuffer
+	m := newMaintainer(t, root, dir, &out)
+	if err := m.Provision(context.Background(), "nrt-pv-img"); err != nil {
+		t.Fatalf("Provision: %v\n%s", err, out.String())
+	}
+	for _, p := range []string{"etc/nrt-pv-marker", "etc/nrt-pv-provisioned"} {
+		if _, err := os.Stat(filepath.Join(live, p)); err != nil {
+			t.Errorf("after Provision: %v", err)
+		}
+	}
+	if strings.Contains(out.String(), "debootstrap") {
+		t.Errorf("Provision ran debootstrap:\n%s", out.String())
+	}
+}
