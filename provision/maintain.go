@@ -164,7 +164,7 @@ func (m *Maintainer) Provision(ctx context.Context, name string) error {
 func (m *Maintainer) lock(ctx context.Context, name string) (func(), error) {
 	// bootstrap.Store.Lock tries once before it looks at ctx: with a done
 	// ctx it is a try-lock. A copy without a logger keeps it from logging
-	// that it waits, since it does not.
+	// that it waits: the progress line below says so once.
 	quiet := *m.Store
 	quiet.Log = nil
 	done, cancel := context.WithCancel(ctx)
@@ -180,7 +180,7 @@ func (m *Maintainer) lock(ctx context.Context, name string) (func(), error) {
 		return nil, fmt.Errorf("maintain image %s: %w; not waiting (--no-wait)", name, ErrBusy)
 	}
 	m.progress(name, "waiting for another create, remove or maintenance of this image to finish")
-	unlock, err = m.Store.Lock(ctx, name)
+	unlock, err = quiet.Lock(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("maintain image %s: %w", name, err)
 	}
