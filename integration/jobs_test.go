@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nspawn-runner/nspawn-runner/gitlab"
 )
@@ -89,6 +90,13 @@ func TestPassingJob(t *testing.T) {
 				AfterScript: []string{`echo "after: $CI_JOB_STATUS"`},
 			})
 			mustPass(t, res)
+			var stages time.Duration
+			for _, s := range res.Stages {
+				stages += s.Took
+			}
+			t.Logf("whole job through the binary: prepare %s, %d run stages %s (%s each on average), cleanup %s",
+				res.Prepares[0].Took.Round(time.Millisecond), len(res.Stages), stages.Round(time.Millisecond),
+				(stages / time.Duration(len(res.Stages))).Round(time.Millisecond), res.Cleanups[0].Took.Round(time.Millisecond))
 			b := res.Stage("build_script")
 			if !strings.Contains(b.Stdout, "hello from job ") {
 				t.Errorf("build_script output lacks the job's echo:\n%s", res.Log)
