@@ -56,7 +56,9 @@ func (s *CopyStats) add(o CopyStats) {
 // copied, never followed: every lookup in src is relative to an open
 // directory with symlinks refused (openat2(2) RESOLVE_NO_SYMLINKS, or
 // O_NOFOLLOW per component). Mount points inside src are crossed.
-// On error dst is left partly copied for the caller to remove.
+// dst may not lie inside src. Nothing is fsynced: call syncfs(2) or
+// sync(2) when the copy must survive a crash. On error dst is left partly
+// copied for the caller to remove.
 func CopyTree(src, dst string, opts CopyOptions) (CopyStats, error) {
 	c, err := newCopier(src, dst, opts)
 	if err != nil {
@@ -129,6 +131,9 @@ func newCopier(src, dst string, opts CopyOptions) (*copier, error) {
 	c := &copier{opts: opts, src: filepath.Clean(src), dst: filepath.Clean(dst), srcRoot: -1, dstRoot: -1,
 		inodes: make(map[inodeKey]string)}
 	c.cond = sync.NewCond(&c.mu)
+	if inside(c.src, c.dst) {
+		return nil, fmt.Errorf("%s is inside %s", c.dst, c.src)
+	}
 	var err error
 	c.srcRoot, err = openRetry(c.src, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -156,6 +161,26 @@ func (c *copier) close() {
 	if c.dstRoot >= 0 {
 		unix.Close(c.dstRoot)
 	}
+}
+
+// inside reports whether dst is src or below it, comparing absolute paths
+// with symlinks resolved as far as they exist (dst usually does not yet).
+func inside(src, dst string) bool {
+	resolve := func(p string) string {
+		p, err := filepath.Abs(p)
+		if err != nil {
+			return p
+		}
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			return r
+		}
+		if r, err := filepath.EvalSymlinks(filepath.Dir(p)); err == nil {
+			return filepath.Join(r, filepath.Base(p))
+		}
+		return p
+	}
+	s, d := resolve(src), resolve(dst)
+	return d == s || strings.HasPrefix(d, s+"/") || s == "/"
 }
 
 // prepareDst creates dst, or accepts it if it is an empty directory.

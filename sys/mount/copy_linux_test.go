@@ -427,6 +427,9 @@ func TestCopyTreeDestination(t *testing.T) {
 	if _, err := mount.CopyTree(src, empty, mount.CopyOptions{}); err == nil {
 		t.Errorf("mount.CopyTree into a non-empty directory succeeded")
 	}
+	if _, err := mount.CopyTree(src, filepath.Join(src, "sub", "into-itself"), mount.CopyOptions{}); err == nil {
+		t.Errorf("CopyTree into its own source succeeded")
+	}
 	file := filepath.Join(dir, "file")
 	writeFile(t, file, "")
 	if _, err := mount.CopyTree(src, file, mount.CopyOptions{}); err == nil {

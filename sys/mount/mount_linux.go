@@ -293,9 +293,12 @@ func Unmount(path string) error {
 // are not errors. It repeats until nothing below prefix is mounted, since
 // propagation can add mounts while it works.
 func UnmountAll(prefix string) error {
-	prefix = filepath.Clean(prefix)
-	// mountinfo shows resolved paths; a prefix through a symlink would
-	// otherwise match nothing.
+	prefix, err := filepath.Abs(prefix)
+	if err != nil {
+		return fmt.Errorf("unmount all under %s: %w", prefix, err)
+	}
+	// mountinfo shows resolved absolute paths; a prefix through a symlink
+	// would otherwise match nothing.
 	if p, err := filepath.EvalSymlinks(prefix); err == nil {
 		prefix = p
 	} else if errors.Is(err, os.ErrNotExist) {
