@@ -311,9 +311,7 @@ func (r *Runner) teardown() {
 		r.forceClean()
 	}
 	// The parent cgroup itself is ours to remove (empty by now).
-	for _, root := range cgroup2Roots() {
-		os.Remove(filepath.Join(root, r.CgroupParent))
-	}
+	r.removeCgroupParent()
 }
 
 // machineCmd is the argv of a machine command with this runner's flags.
@@ -323,9 +321,11 @@ func (r *Runner) machineCmd(cmd string, args ...string) []string {
 	return append(a, args...)
 }
 
-// cgroup2Roots are the mount points of cgroup2 (the unified hierarchy;
-// /sys/fs/cgroup/unified on hybrid hosts).
-func cgroup2Roots() []string {
+// cgroupRoots are the mount points of every cgroup hierarchy: cgroup2
+// (/sys/fs/cgroup/unified on hybrid hosts) and the v1 ones, where
+// systemd-nspawn mirrors a machine's cgroup path in name=systemd on a
+// hybrid host, creating our parent there too.
+func cgroupRoots() []string {
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return nil
@@ -334,11 +334,31 @@ func cgroup2Roots() []string {
 	for _, l := range strings.Split(string(data), "\n") {
 		pre, post, ok := strings.Cut(l, " - ")
 		f := strings.Fields(pre)
-		if ok && len(f) >= 5 && strings.HasPrefix(post, "cgroup2 ") {
+		if ok && len(f) >= 5 && (strings.HasPrefix(post, "cgroup2 ") || strings.HasPrefix(post, "cgroup ")) {
 			roots = append(roots, unescapeMount(f[4]))
 		}
 	}
 	return roots
+}
+
+// removeCgroupParent removes this runner's parent cgroup, in every
+// hierarchy, with any empty cgroups left below it (deepest first).
+func (r *Runner) removeCgroupParent() {
+	for _, root := range cgroupRoots() {
+		parent := filepath.Join(root, r.CgroupParent)
+		var dirs []string
+		filepath.WalkDir(parent, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			if err := os.Remove(dirs[i]); err != nil && !os.IsNotExist(err) {
+				r.t.Errorf("remove cgroup %s: %v", dirs[i], err)
+			}
+		}
+	}
 }
 
 // leftovers lists what machines of this runner left: processes whose root
@@ -374,7 +394,7 @@ func (r *Runner) leftovers() []string {
 			left = append(left, "ps --json: "+strings.TrimSpace(out))
 		}
 	}
-	for _, root := range cgroup2Roots() {
+	for _, root := range cgroupRoots() {
 		ents, _ := os.ReadDir(filepath.Join(root, r.CgroupParent))
 		for _, e := range ents {
 			if e.IsDir() {
@@ -504,7 +524,7 @@ func (r *Runner) forceClean() {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	for _, root := range cgroup2Roots() {
+	for _, root := range cgroupRoots() {
 		parent := filepath.Join(root, r.CgroupParent)
 		ents, _ := os.ReadDir(parent)
 		for _, e := range ents {
