@@ -487,3 +487,23 @@ func TestCopyTreeParentDefaultACL(t *testing.T) {
 	}
 	compareTrees(t, src, dst, all)
 }
+
+// A failing copy (the destination fills up) returns the error from the
+// worker that met it, and does not hang the others.
+func TestCopyTreeError(t *testing.T) {
+	dir := mountDir(t)
+	src, small := filepath.Join(dir, "src"), filepath.Join(dir, "small")
+	mkdirs(t, small)
+	for i := 0; i < 20; i++ {
+		d := filepath.Join(src, "d"+string(rune('a'+i)))
+		mkdirs(t, d)
+		for j := 0; j < 50; j++ {
+			writeFile(t, filepath.Join(d, "f"+string(rune('a'+j%26))+string(rune('a'+j/26))), strings.Repeat("x", 64*1024))
+		}
+	}
+	keep(t)(mount.Tmpfs(small, 1<<20, 0o755))
+	_, err := mount.CopyTree(src, filepath.Join(small, "dst"), mount.CopyOptions{})
+	if !errors.Is(err, unix.ENOSPC) {
+		t.Errorf("CopyTree onto a full tmpfs: %v, want ENOSPC", err)
+	}
+}

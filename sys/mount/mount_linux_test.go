@@ -448,3 +448,31 @@ func TestMountinfoSelf(t *testing.T) {
 	}
 	t.Errorf("mount.Mountinfo() has no proc on /proc: %+v", infos)
 }
+
+func TestBindFile(t *testing.T) {
+	dir := mountDir(t)
+	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
+	writeFile(t, src, "file content")
+	writeFile(t, dst, "")
+	keep(t)(mount.Bind(src, dst, mount.ReadOnly))
+	if got := readFile(t, dst); got != "file content" {
+		t.Errorf("bound file reads %q", got)
+	}
+	if err := os.WriteFile(dst, []byte("x"), 0o644); !errors.Is(err, unix.EROFS) {
+		t.Errorf("write to a read-only bound file: %v, want EROFS", err)
+	}
+}
+
+func TestBindError(t *testing.T) {
+	dir := mountDir(t)
+	src, dst := filepath.Join(dir, "missing"), filepath.Join(dir, "dst")
+	mkdirs(t, dst)
+	_, err := mount.Bind(src, dst)
+	var me *mount.Error
+	if !errors.As(err, &me) || !errors.Is(err, unix.ENOENT) {
+		t.Fatalf("Bind(missing) = %v, want a *mount.Error wrapping ENOENT", err)
+	}
+	if me.Source != src || me.Target != dst || me.Flags&unix.MS_BIND == 0 {
+		t.Errorf("Error = %+v", me)
+	}
+}
