@@ -82,6 +82,10 @@ func printTOML(w io.Writer, g *globals, defaultImage string) error {
 	if err != nil {
 		return err
 	}
+	if defaultImage == "" && g.cfg.DefaultImage == "" {
+		// stdout is the section; the advice goes to stderr.
+		fmt.Fprintln(os.Stderr, "nspawn-runner toml: no --default-image and no default_image in the config: jobs without image: will fail")
+	}
 	_, err = io.WriteString(w, s)
 	return err
 }
