@@ -1,7 +1,6 @@
 package bootstrap
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
 	"github.com/nspawn-runner/nspawn-runner/sys/loop"
+	"github.com/nspawn-runner/nspawn-runner/sys/mount"
 )
 
 // SetupOptions says how to prepare the root directory.
@@ -195,22 +195,14 @@ func makeBtrfsFile(ctx context.Context, file string, size int64) (err error) {
 // mountSource returns the source of the filesystem mounted exactly on dir
 // (the last such mount: the one on top).
 func mountSource(dir string) (string, bool) {
-	f, err := os.Open("/proc/self/mountinfo")
+	infos, err := mount.Mountinfo()
 	if err != nil {
 		return "", false
 	}
-	defer f.Close()
 	src, ok := "", false
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw"
-		pre, post, found := strings.Cut(sc.Text(), " - ")
-		pf, qf := strings.Fields(pre), strings.Fields(post)
-		if !found || len(pf) < 5 || len(qf) < 2 {
-			continue
-		}
-		if unescapeMountinfo(pf[4]) == dir {
-			src, ok = unescapeMountinfo(qf[1]), true
+	for _, in := range infos {
+		if in.Mountpoint == dir {
+			src, ok = in.Source, true
 		}
 	}
 	return src, ok

@@ -1,98 +1,24 @@
 package bootstrap
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
+	"github.com/nspawn-runner/nspawn-runner/sys/mount"
 )
 
-// mountsBelow returns the mount points at or below dir in this process's
-// mount namespace (proc_pid_mountinfo(5), field 5), deepest first.
-func mountsBelow(dir string) ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMountinfo(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			out = append(out, mp)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	// Deepest first; a path mounted twice is listed twice and unmounted twice.
-	slices.SortStableFunc(out, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
-	return out, nil
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space, \011, \012,
-// \134) the kernel writes in mountinfo paths.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+4 <= len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
-}
-
-// unmountBelow lazily unmounts everything mounted at or below dir, deepest
-// first. EINVAL (not a mount point any more: a parent's detach took it)
-// and ENOENT are not errors.
+// unmountBelow detaches everything mounted at or below dir, deepest
+// first (sys/mount.UnmountAll).
 func unmountBelow(dir string) error {
-	for range 8 {
-		mps, err := mountsBelow(dir)
-		if err != nil {
-			return fmt.Errorf("read mounts: %w", err)
-		}
-		if len(mps) == 0 {
-			return nil
-		}
-		for _, mp := range mps {
-			if err := umount(mp); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
-				return fmt.Errorf("unmount %s: %w", mp, err)
-			}
-		}
-	}
-	return fmt.Errorf("unmount below %s: mounts keep reappearing", dir)
-}
-
-func umount(mp string) error {
-	for {
-		err := unix.Unmount(mp, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
-		if err != unix.EINTR {
-			return err
-		}
-	}
+	return mount.UnmountAll(dir)
 }
 
 // removeTree deletes a tree that has nothing mounted below it: as one

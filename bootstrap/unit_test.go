@@ -19,37 +19,6 @@ func TestWorkspaceImage(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountinfo(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"/a/b", "/a/b"},
-		{`/a\040b`, "/a b"},
-		{`/a\011b\012`, "/a\tb\n"},
-		{`/a\134b`, `/a\b`},
-		{`/a\04`, `/a\04`},
-		{`/a\999`, `/a\999`},
-		{`\`, `\`},
-	} {
-		if got := unescapeMountinfo(tc.in); got != tc.want {
-			t.Errorf("unescapeMountinfo(%q) = %q, want %q", tc.in, got, tc.want)
-		}
-	}
-}
-
-func FuzzUnescapeMountinfo(f *testing.F) {
-	for _, s := range []string{"/a/b", `/a\040b`, `\`, `\1`, `\12`, `\0400`} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		got := unescapeMountinfo(s)
-		if len(got) > len(s) {
-			t.Errorf("unescapeMountinfo(%q) = %q, longer than its input", s, got)
-		}
-		if !strings.Contains(s, `\`) && got != s {
-			t.Errorf("unescapeMountinfo(%q) = %q, want it unchanged", s, got)
-		}
-	})
-}
-
 func TestProgress(t *testing.T) {
 	lines := []string{
 		"I: Retrieving InRelease ",
