@@ -461,7 +461,19 @@ func (s *Store) RemoveTree(path string) error {
 	if rel, err := filepath.Rel(root, path); err != nil || rel == "." || strings.HasPrefix(rel, "..") || strings.Contains(rel, string(filepath.Separator)) {
 		return fmt.Errorf("remove %s: not an entry of the image root %s", path, root)
 	}
-	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	if !fi.IsDir() {
+		// A symlink is removed itself, never followed (nor are the mounts
+		// below its target undone).
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove %s: %w", path, err)
+		}
 		return nil
 	}
 	if err := unmountBelow(path); err != nil {

@@ -271,6 +271,24 @@ func TestRemoveTreeRefusesOutside(t *testing.T) {
 	if _, err := s.Path("a"); err != nil {
 		t.Errorf("image gone after refused removals: %v", err)
 	}
+	// A symlink in the root is removed, not followed.
+	target := filepath.Join(dir, "target")
+	if err := os.MkdirAll(filepath.Join(target, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(s.Root, ".retired-link-1")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RemoveTree(link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(target, "sub")); err != nil {
+		t.Errorf("RemoveTree followed a symlink: %v", err)
+	}
+	if _, err := os.Lstat(link); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("symlink still there: %v", err)
+	}
 }
 
 func TestRemove(t *testing.T) {
