@@ -17,4 +17,11 @@
 // renamed into place (rename(2) is atomic within a filesystem), and a
 // rebuilt image replaces the old one with renameat2(2) RENAME_EXCHANGE, so
 // a reader never sees the name missing or half-swapped.
+//
+// debootstrap runs in its own process group and as the init of its own PID
+// namespace, with the parent-death signal set: a cancelled create kills the
+// group, and a SIGKILLed nspawn-runner takes debootstrap and everything it
+// forked along (pid_namespaces(7)). What such a death leaves, a workspace
+// with /proc and /sys still mounted in it, is removed by the next Create,
+// Remove or List once nobody holds that image's lock.
 package bootstrap
