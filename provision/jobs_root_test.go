@@ -90,9 +90,7 @@ func testMaintainWhileJobsRun(t *testing.T, storage string) {
 		if _, err := mgr.GC(ctx, time.Nanosecond); err != nil {
 			t.Logf("gc: %v", err)
 		}
-		if h, err := cgroup.Detect(); err == nil {
-			os.Remove(h.Path(mgr.CgroupParent))
-		}
+		removeCgroups(t, mgr.CgroupParent)
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
@@ -206,5 +204,33 @@ echo job-done
 	res, err := mgr.GC(ctx, 0)
 	if err != nil || len(res.Images) != 1 || !strings.HasPrefix(filepath.Base(res.Images[0]), ".retired-nrt-pv-img-") {
 		t.Errorf("gc after the jobs: %+v, %v; want the old image removed", res, err)
+	}
+}
+
+// removeCgroups removes the (empty by now) cgroup parent of the test's
+// machines from every hierarchy: on a hybrid host systemd-nspawn mirrors
+// it in the name=systemd v1 hierarchy too.
+func removeCgroups(t *testing.T, parent string) {
+	t.Helper()
+	var dirs []string
+	if h, err := cgroup.Detect(); err == nil {
+		dirs = append(dirs, h.Path(parent))
+	}
+	hier, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", parent))
+	dirs = append(dirs, hier...)
+	for _, d := range dirs {
+		var sub []string
+		_ = filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
+			if err == nil && e.IsDir() {
+				sub = append(sub, p)
+			}
+			return nil
+		})
+		// Deepest first: a cgroup directory goes only once it has no children.
+		for i := len(sub) - 1; i >= 0; i-- {
+			if err := os.Remove(sub[i]); err != nil && !os.IsNotExist(err) {
+				t.Logf("remove cgroup %s: %v", sub[i], err)
+			}
+		}
 	}
 }
