@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -62,14 +61,9 @@ func registerImages(app *kingpin.Application, g *globals, cmds commands) {
 	c.Arg("name", "Image name.").Required().StringVar(&login.name)
 	c.Arg("command", "Command and arguments to run instead of a shell (after --).").StringsVar(&login.argv)
 	cmds["chroot-login"] = &command{run: func(ctx context.Context) error {
-		err := g.store().Login(ctx, login.name, login.argv)
-		var ee *bootstrap.ExitError
-		if errors.As(err, &ee) {
-			// The command's own status is ours, like ssh or chroot do;
-			// nothing else is left to clean up at this point.
-			os.Exit(ee.Code)
-		}
-		return err
+		// A *bootstrap.ExitError carries the command's own status, which
+		// becomes ours, as with ssh or chroot (see run in main.go).
+		return g.store().Login(ctx, login.name, login.argv)
 	}}
 
 	var list struct{ json bool }

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -106,7 +107,13 @@ func run(args []string) int {
 	var g globals
 	app, cmds := newApp(&g)
 	exited, code := false, 0
-	app.Terminate(func(c int) { exited, code = true, c })
+	app.Terminate(func(c int) {
+		// kingpin goes on parsing after --help or --version has printed;
+		// anything it would print after that is noise.
+		exited, code = true, c
+		app.UsageWriter(io.Discard)
+		app.ErrorWriter(io.Discard)
+	})
 	app.UsageWriter(os.Stderr)
 	app.ErrorWriter(os.Stderr)
 	exits := gitlab.ExitCodesFromEnv(os.Getenv)
@@ -145,6 +152,12 @@ func run(args []string) int {
 			fmt.Fprintf(os.Stderr, "nspawn-runner %s: %v\n", name, err)
 		}
 		return c
+	}
+	var coded interface{ ExitCode() int }
+	if errors.As(err, &coded) {
+		// A command run on the user's behalf (chroot-login NAME -- CMD)
+		// failed: its status is ours, and it said why itself.
+		return coded.ExitCode()
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "nspawn-runner %s: %v\n", name, err)
