@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
+	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
@@ -65,7 +66,26 @@ func floorJob(b *testing.B, image string, boot bool, n int) {
 	}
 	defer os.Remove(logf.Name())
 	defer logf.Close()
-	p, err := nspawn.Start(nspawn.StartOptions{Args: args, Log: logf, CgroupFD: -1})
+	// Its own cgroup, as a careful admin would give it (and so that
+	// nspawn's payload/ and supervisor/ land there).
+	h, err := cgroup.Detect()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cg := fmt.Sprintf("nrt-lc-floor-%d-%d", os.Getpid(), n)
+	if _, err := h.Create(cg, nil); err != nil {
+		b.Fatal(err)
+	}
+	defer func() {
+		h.Kill(context.Background(), cg)
+		h.Remove(cg)
+	}()
+	cgf, err := h.Open(cg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cgf.Close()
+	p, err := nspawn.Start(nspawn.StartOptions{Args: args, Log: logf, CgroupFD: int(cgf.Fd())})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package nspawn_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
+	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
@@ -48,8 +50,29 @@ func TestStartNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
+	// A cgroup of its own: without one, systemd-nspawn --keep-unit makes
+	// payload/ and supervisor/ next to whatever runs the test.
+	h, err := cgroup.Detect()
+	if err != nil {
+		t.Skip(err)
+	}
+	cg := fmt.Sprintf("nrt-lc-nspawn-%d", os.Getpid())
+	if _, err := h.Create(cg, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		h.Kill(context.Background(), cg)
+		if err := h.Remove(cg); err != nil {
+			t.Error(err)
+		}
+	})
+	cgf, err := h.Open(cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cgf.Close()
 	// --volatile=overlay --read-only: the shared test image stays untouched.
-	p, err := nspawn.Start(nspawn.StartOptions{Args: nspawn.Args(nspawn.Spec{Directory: image, Machine: "nrt-lc-nspawn-notify", NoRegister: true, Volatile: "overlay", ReadOnly: true, AsPID2: true, Quiet: true, Command: []string{"sleep", "infinity"}}), Log: logf, CgroupFD: -1})
+	p, err := nspawn.Start(nspawn.StartOptions{Args: nspawn.Args(nspawn.Spec{Directory: image, Machine: "nrt-lc-nspawn-notify", NoRegister: true, Volatile: "overlay", ReadOnly: true, AsPID2: true, Quiet: true, Command: []string{"sleep", "infinity"}}), Log: logf, CgroupFD: int(cgf.Fd())})
 	if err != nil {
 		t.Fatal(err)
 	}
