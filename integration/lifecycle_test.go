@@ -402,6 +402,23 @@ func TestLifecycleBtrfs(t *testing.T) {
 		}
 		h.assertClean(t)
 	})
+	t.Run("gc max-age", func(t *testing.T) {
+		j := h.newJob()
+		j.must("prepare", "bookworm", "--mode", "fast")
+		for _, args := range [][]string{{"gc"}, {"gc", "--max-age", "1h"}} {
+			if r := h.exec(context.Background(), nil, "", args...); r.code != 0 || h.recordOf(j) == nil {
+				t.Fatalf("%v removed a live young machine (exit %d: %s)", args, r.code, r.stderr)
+			}
+		}
+		if r := h.exec(context.Background(), nil, "", "gc", "--max-age", "1ns"); r.code != 0 || !strings.Contains(r.stdout, "removed machine") {
+			t.Errorf("gc --max-age 1ns: exit %d, stdout %q", r.code, r.stdout)
+		}
+		h.assertClean(t)
+		if r := j.call("run", j.script("s", "true"), "build_script"); r.code != 2 {
+			t.Errorf("run after gc stopped the machine: exit %d, want 2", r.code)
+		}
+		j.must("cleanup")
+	})
 	t.Run("dead machine", func(t *testing.T) { lcDeadMachine(t, h) })
 	t.Run("sigterm during run", func(t *testing.T) { lcSigterm(t, h) })
 	t.Run("sigkill", func(t *testing.T) { lcSigkill(t, h) })
