@@ -531,3 +531,68 @@ func TestProvisionNeverRecreates(t *testing.T) {
 		t.Errorf("Provision ran debootstrap:\n%s", out.String())
 	}
 }
+
+// TestMaintainCancelled: a maintenance stopped in the middle of its
+// playbook (SIGTERM of chroot-maintenance) stops ansible and the commands
+// it runs in the workspace, removes the workspace and leaves the image.
+func TestMaintainCancelled(t *testing.T) {
+	requireAnsible(t)
+	root, dir := testutil.NewBtrfs(t, 4<<30), t.TempDir()
+	live := seedImage(t, root, "nrt-pv-img")
+	writePlaybook(t, dir, "nrt-pv-img.yaml", `- hosts: all
+  gather_facts: false
+  tasks:
+    - name: take long
+      command: sleep 600
+`)
+	before := treeHash(t, live)
+	var out syncBuffer
+	m := newMaintainer(t, root, dir, &out)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- m.Maintain(ctx, "nrt-pv-img") }()
+	out.waitFor(t, "TASK [take long]")
+	ws := hidden(t, root, ".tmp-nrt-pv-img-")
+	if len(ws) != 1 {
+		t.Fatalf("workspaces = %v", ws)
+	}
+	// Wait until the command runs inside the workspace, then stop.
+	deadline := time.Now().Add(5 * time.Minute)
+	for len(processesIn(ws[0])) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the task never started in %s\n%s", ws[0], out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	err := <-done
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("Maintain after cancel = %v, want context.Canceled", err)
+	}
+	if left := processesIn(ws[0]); len(left) > 0 {
+		t.Errorf("processes still running in the workspace: %v", left)
+	}
+	if _, err := os.Stat(ws[0]); err == nil {
+		t.Errorf("workspace %s left behind", ws[0])
+	}
+	if after := treeHash(t, live); after != before {
+		t.Errorf("the image changed")
+	}
+}
+
+// processesIn lists the pids of the systemd-nspawn processes running on
+// dir (their command line names it). The commands inside run in the
+// machine's own pid and mount namespaces, and die with its stub init when
+// systemd-nspawn goes.
+func processesIn(dir string) []string {
+	var pids []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && bytes.Contains(b, []byte("--directory="+dir+"\x00")) {
+			pids = append(pids, e.Name())
+		}
+	}
+	return pids
+}
