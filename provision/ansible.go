@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -187,18 +186,33 @@ func (r *Runner) Run(ctx context.Context, t Target) error {
 	if out == nil {
 		out = io.Discard
 	}
-	sc := bufio.NewScanner(pr)
-	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
-	for sc.Scan() {
-		line := sc.Text()
-		tr.feed(line)
-		fmt.Fprintln(out, line)
-	}
-	// Keep reading to EOF even after an overlong line, so ansible never
-	// blocks on a full pipe.
-	_, _ = io.Copy(out, pr)
-	pr.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+		for sc.Scan() {
+			line := sc.Text()
+			tr.feed(line)
+			fmt.Fprintln(out, line)
+		}
+		// Keep reading to EOF even after an overlong line, so ansible
+		// never blocks on a full pipe.
+		_, _ = io.Copy(out, pr)
+	}()
 	werr := cmd.Wait()
+	// ansible-playbook is gone; on a cancel, the systemd-nspawn processes
+	// it started got the same SIGTERM and are still stopping their
+	// machines: the tree is not free until they are gone too.
+	waitGroup(cmd.Process.Pid, 20*time.Second)
+	// A process a task left behind may still hold the pipe: do not wait
+	// for it forever.
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+	}
+	pr.Close()
+	<-done
 	if werr == nil {
 		return nil
 	}
@@ -469,9 +483,22 @@ func shorten(s string) string {
 	return s
 }
 
-// errIsPlaybook reports whether err is a failed playbook (as opposed to a
-// failure to run it at all).
-func errIsPlaybook(err error) bool {
-	var pe *PlaybookError
-	return errors.As(err, &pe)
+// waitGroup waits until no process of the process group pgid is left,
+// sending SIGKILL after grace (systemd-nspawn needs a moment after SIGTERM
+// to kill its machine, and a SIGKILLed nspawn would leave the machine
+// running), and gives up after as long again: a zombie nobody reaps still
+// counts as a member.
+func waitGroup(pgid int, grace time.Duration) {
+	killed := false
+	deadline := time.Now().Add(grace)
+	for syscall.Kill(-pgid, 0) == nil {
+		if time.Now().After(deadline) {
+			if killed {
+				return
+			}
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			killed, deadline = true, time.Now().Add(grace)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
