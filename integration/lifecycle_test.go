@@ -28,31 +28,11 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/sys/mount"
 )
 
-var lcBuilt struct {
-	once sync.Once
-	bin  string
-	err  error
-}
-
-// lcBinary builds nspawn-runner once for this test binary.
+// lcBinary is the binary this package's TestMain builds once and removes
+// (harness_test.go).
 func lcBinary(t testing.TB) string {
 	t.Helper()
-	lcBuilt.once.Do(func() {
-		dir, err := os.MkdirTemp("", "nrt-lc-bin-")
-		if err != nil {
-			lcBuilt.err = err
-			return
-		}
-		lcBuilt.bin = filepath.Join(dir, "nspawn-runner")
-		out, err := exec.Command("go", "build", "-o", lcBuilt.bin, "github.com/nspawn-runner/nspawn-runner/cmd/nspawn-runner").CombinedOutput()
-		if err != nil {
-			lcBuilt.err = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if lcBuilt.err != nil {
-		t.Fatal(lcBuilt.err)
-	}
-	return lcBuilt.bin
+	return binary(t)
 }
 
 // lcHost is one runner host: a root with the image "bookworm", a run dir,
