@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 
 	"github.com/alecthomas/kingpin/v2"
@@ -85,7 +86,10 @@ func playbookDefaults(g *globals, name string) (createDefaults, error) {
 // provisionImage runs the image's playbook, if any, after chroot-create:
 // on a copy of the new image, swapped in when the playbook succeeds.
 func provisionImage(ctx context.Context, g *globals, name string) error {
-	return g.maintainer().Provision(ctx, name)
+	if err := g.maintainer().Provision(ctx, name); err != nil {
+		return fmt.Errorf("image %s was created but not provisioned: %w (fix the playbook, then run nspawn-runner chroot-maintenance %s)", name, err, name)
+	}
+	return nil
 }
 
 // imagePlaybooks maps image names to their playbook paths, for chroot-list.
