@@ -2,7 +2,7 @@
 // for bind, read-only bind, overlay and tmpfs mounts and for propagation
 // changes, mount_setattr(2) for recursive read-only binds, umount2(2) with
 // MNT_DETACH for idempotent teardown, the mountinfo file of proc(5)
-// (/proc/self/mountinfo) to find what is mounted, and a tree copy that
+// (/proc/thread-self/mountinfo) to find what is mounted, and a tree copy that
 // shares extents with ioctl_ficlone(2) (FICLONE) where the filesystem can,
 // falling back to copy_file_range(2) and read/write where it cannot.
 //

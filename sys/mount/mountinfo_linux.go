@@ -8,10 +8,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Mountinfo returns the mounts of the calling process's mount namespace,
-// from /proc/self/mountinfo.
+// Mountinfo returns the mounts of the calling thread's mount namespace,
+// from /proc/thread-self/mountinfo (Linux 3.17). Not /proc/self: that is
+// the main thread's view, and a process that entered a machine from a
+// locked thread (which the Go runtime may have placed on the main thread,
+// then parked there for good) would see the machine's mounts instead of
+// its own.
 func Mountinfo() ([]Info, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	f, err := os.Open("/proc/thread-self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
