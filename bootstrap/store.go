@@ -109,15 +109,16 @@ func (s *Store) Path(name string) (string, error) {
 }
 
 func (s *Store) notFound(name string) error {
-	names, _ := s.names()
+	names, _ := s.Names()
 	if len(names) == 0 {
 		return fmt.Errorf("image %q not found in %s; none yet: create one with nspawn-runner chroot-create NAME: %w", name, s.Root, ErrNotFound)
 	}
 	return fmt.Errorf("image %q not found in %s; available: %s: %w", name, s.Root, strings.Join(names, ", "), ErrNotFound)
 }
 
-// names lists the image names on disk, sorted.
-func (s *Store) names() ([]string, error) {
+// Names lists the image names on disk, sorted. It only reads the root
+// directory, so prepare can afford it for every job.
+func (s *Store) Names() ([]string, error) {
 	ents, err := os.ReadDir(s.Root)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
@@ -144,7 +145,7 @@ func (s *Store) List() ([]Image, error) {
 	if err := s.CleanWorkspaces(context.Background(), ""); err != nil {
 		s.log().Warn("cleaning stale workspaces", "err", err)
 	}
-	names, err := s.names()
+	names, err := s.Names()
 	if err != nil {
 		return nil, err
 	}

@@ -657,7 +657,7 @@ func lcHostile(t *testing.T, h *lcHost) {
 		{"image path", nil, []string{"prepare", "../bookworm", "--id", "nrt-lc-h"}, "invalid image name"},
 		{"image dot", []string{"CUSTOM_ENV_CI_JOB_IMAGE=registry.example/x/../../etc:.."}, []string{"prepare", "--id", "nrt-lc-h"}, "invalid image name"},
 		{"image hidden", nil, []string{"prepare", ".machines", "--id", "nrt-lc-h"}, "invalid image name"},
-		{"image missing", []string{"CUSTOM_ENV_CI_JOB_IMAGE=registry.example/group/base:nope"}, []string{"prepare", "--id", "nrt-lc-h"}, "available: bookworm"},
+		{"image missing", []string{"CUSTOM_ENV_CI_JOB_IMAGE=registry.example/group/base:nope"}, []string{"prepare", "--id", "nrt-lc-h"}, "images available to jobs: bookworm"},
 		{"run no machine", nil, []string{"run", "--id", "nrt-lc-none", "/dev/null", "build_script"}, "no machine"},
 	} {
 		r := h.exec(ctx, tc.env, "", tc.args...)

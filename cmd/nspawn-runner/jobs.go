@@ -6,13 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
 
+	"github.com/nspawn-runner/nspawn-runner/bootstrap"
 	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/gitlab"
 	"github.com/nspawn-runner/nspawn-runner/machine"
@@ -45,8 +44,9 @@ func (g *globals) manager(f *machineFlags) *machine.Manager {
 
 // pickImage chooses the job's image: the argument, else the job's image:
 // (mapped as the original tool did), else --default-image, else the
-// configured default; then checks the name and the allowlist.
-func pickImage(arg, defaultFlag string, cfg *config.Config) (string, error) {
+// configured default; then checks the name, that it exists and that the
+// allowlist lets jobs use it. The error lists the images jobs may use.
+func pickImage(arg, defaultFlag string, cfg *config.Config, images *bootstrap.Store) (string, error) {
 	name := arg
 	for _, n := range []string{gitlab.ImageFromEnv(os.Getenv), defaultFlag, cfg.DefaultImage} {
 		if name == "" {
@@ -59,10 +59,11 @@ func pickImage(arg, defaultFlag string, cfg *config.Config) (string, error) {
 	if err := config.CheckImageName(name); err != nil {
 		return "", err
 	}
-	if len(cfg.AllowedImages) > 0 && !slices.Contains(cfg.AllowedImages, name) {
-		return "", fmt.Errorf("image %q is not allowed on this runner; allowed: %s", name, strings.Join(cfg.AllowedImages, ", "))
+	existing, err := images.Names()
+	if err != nil {
+		return "", err
 	}
-	return name, nil
+	return name, gitlab.CheckImage(name, existing, cfg.AllowedImages)
 }
 
 // registerJobs wires the executor stages and the machine commands.
@@ -82,7 +83,7 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 		if err != nil {
 			return err
 		}
-		image, err := pickImage(prep.image, prep.defaultImage, &g.cfg)
+		image, err := pickImage(prep.image, prep.defaultImage, &g.cfg, g.store())
 		if err != nil {
 			return err
 		}
