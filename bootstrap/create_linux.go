@@ -62,14 +62,25 @@ func DebootstrapCommand(o CreateOptions, target, eatmydata string) Command {
 	return c
 }
 
-// checkSuite refuses a suite that debootstrap would read as a path or an
-// option.
-func checkSuite(s string) error {
-	if s == "" {
+// checkOptions refuses a suite, mirror or package that debootstrap would
+// read as a path or an option, before anything is created.
+func checkOptions(o CreateOptions) error {
+	if o.Suite == "" {
 		return errors.New("no suite given")
 	}
-	if s[0] == '-' || strings.ContainsAny(s, "/ \t\n\\") || s == "." || s == ".." {
-		return fmt.Errorf("invalid suite %q: want a Debian suite name like bookworm", s)
+	if err := config.CheckSuite(o.Suite); err != nil {
+		return err
+	}
+	if err := config.CheckMirror(o.Mirror); err != nil {
+		return err
+	}
+	for _, p := range o.Packages {
+		// Packages() drops blanks left by "a,,b" or a trailing comma.
+		if p = strings.TrimSpace(p); p != "" {
+			if err := config.CheckPackage(p); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
@@ -78,16 +89,8 @@ func (s *Store) create(ctx context.Context, name string, o CreateOptions) error 
 	if err := config.CheckImageName(name); err != nil {
 		return err
 	}
-	if err := checkSuite(o.Suite); err != nil {
+	if err := checkOptions(o); err != nil {
 		return fmt.Errorf("create image %s: %w", name, err)
-	}
-	if o.Mirror != "" && (o.Mirror[0] == '-' || strings.ContainsAny(o.Mirror, " \t\n")) {
-		return fmt.Errorf("create image %s: invalid mirror %q", name, o.Mirror)
-	}
-	for _, p := range o.Packages {
-		if strings.HasPrefix(p, "-") || strings.ContainsAny(p, ", \t\n") {
-			return fmt.Errorf("create image %s: invalid package name %q", name, p)
-		}
 	}
 	if err := os.MkdirAll(s.Root, 0o755); err != nil {
 		return fmt.Errorf("create image %s: %w", name, err)
@@ -147,7 +150,7 @@ func (s *Store) Debootstrap(ctx context.Context, ws string, o CreateOptions) err
 	if err := s.checkWorkspace(ws); err != nil {
 		return fmt.Errorf("debootstrap: %w", err)
 	}
-	if err := checkSuite(o.Suite); err != nil {
+	if err := checkOptions(o); err != nil {
 		return fmt.Errorf("debootstrap: %w", err)
 	}
 	eatmydata, _ := exec.LookPath("eatmydata")

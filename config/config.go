@@ -280,12 +280,15 @@ func (c *Config) validate(root *yaml.Node) error {
 			return fieldError(root, "allowed_images", "%v", err)
 		}
 	}
-	if c.Bootstrap.Suite == "" || strings.ContainsAny(c.Bootstrap.Suite, "/ \t\n") {
-		return fieldError(root, "bootstrap.suite", "must be a Debian suite name like bookworm, got %q", c.Bootstrap.Suite)
+	if err := CheckSuite(c.Bootstrap.Suite); err != nil {
+		return fieldError(root, "bootstrap.suite", "%v", err)
+	}
+	if err := CheckMirror(c.Bootstrap.Mirror); err != nil {
+		return fieldError(root, "bootstrap.mirror", "%v", err)
 	}
 	for _, p := range c.Bootstrap.Packages {
-		if !validPackage(p) {
-			return fieldError(root, "bootstrap.packages", "invalid Debian package name %q", p)
+		if err := CheckPackage(p); err != nil {
+			return fieldError(root, "bootstrap.packages", "%v", err)
 		}
 	}
 	m := &c.Machine
@@ -315,21 +318,6 @@ func (c *Config) validate(root *yaml.Node) error {
 		return fieldError(root, "machine.stop_timeout", "must be positive")
 	}
 	return nil
-}
-
-func validPackage(p string) bool {
-	if len(p) < 2 {
-		return false
-	}
-	for i, r := range p {
-		switch {
-		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
-		case i > 0 && (r == '+' || r == '-' || r == '.'):
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // Size is an amount of memory: bytes, or a percentage of host RAM.

@@ -178,7 +178,7 @@ func ParseVars(data []byte) (Vars, []string, error) {
 			switch {
 			case !ok:
 				warnf("line %d: %s must be a string (a Debian suite like bookworm); ignored", key.Line, key.Value)
-			case !validSuite(s):
+			case config.CheckSuite(s) != nil:
 				warnf("line %d: %s: %q is not a Debian suite name; ignored", key.Line, key.Value, s)
 			default:
 				v.Suite = s
@@ -195,7 +195,7 @@ func ParseVars(data []byte) (Vars, []string, error) {
 			switch {
 			case !ok:
 				warnf("line %d: %s must be a string (a mirror URL); ignored", key.Line, key.Value)
-			case !validMirror(s):
+			case config.CheckMirror(s) != nil:
 				warnf("line %d: %s: %q is not a mirror URL; ignored", key.Line, key.Value, s)
 			default:
 				v.Mirror = s
@@ -207,7 +207,7 @@ func ParseVars(data []byte) (Vars, []string, error) {
 				continue
 			}
 			for _, p := range pkgs {
-				if !validPackage(p) {
+				if config.CheckPackage(p) != nil {
 					warnf("line %d: %s: %q is not a Debian package name; ignored", key.Line, key.Value, p)
 					continue
 				}
@@ -302,48 +302,4 @@ func listVar(n *yaml.Node) ([]string, bool) {
 		return out, true
 	}
 	return nil, false
-}
-
-// validSuite matches what debootstrap takes as a suite: one word.
-func validSuite(s string) bool {
-	if s == "" || len(s) > 64 {
-		return false
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '.' || r == '_') {
-			return false
-		}
-	}
-	return true
-}
-
-// validMirror accepts what debootstrap takes as a mirror: an http(s),
-// ftp or file URL without spaces.
-func validMirror(s string) bool {
-	if strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
-		return false
-	}
-	for _, scheme := range []string{"http://", "https://", "ftp://", "file:///"} {
-		if strings.HasPrefix(s, scheme) && len(s) > len(scheme) {
-			return true
-		}
-	}
-	return false
-}
-
-// validPackage follows Debian policy 5.6.1: at least two characters,
-// lower-case letters, digits, '+', '-' and '.', starting alphanumeric.
-func validPackage(p string) bool {
-	if len(p) < 2 {
-		return false
-	}
-	for i, r := range p {
-		switch {
-		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
-		case i > 0 && (r == '+' || r == '-' || r == '.'):
-		default:
-			return false
-		}
-	}
-	return true
 }

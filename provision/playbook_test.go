@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/nspawn-runner/nspawn-runner/config"
 )
 
 func TestParseVars(t *testing.T) {
@@ -115,14 +117,14 @@ func FuzzParseVars(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if v.Suite != "" && !validSuite(v.Suite) {
+		if v.Suite != "" && config.CheckSuite(v.Suite) != nil {
 			t.Errorf("ParseVars accepted suite %q", v.Suite)
 		}
-		if v.Mirror != "" && !validMirror(v.Mirror) {
+		if v.Mirror != "" && config.CheckMirror(v.Mirror) != nil {
 			t.Errorf("ParseVars accepted mirror %q", v.Mirror)
 		}
 		for _, p := range v.Include {
-			if !validPackage(p) {
+			if config.CheckPackage(p) != nil {
 				t.Errorf("ParseVars accepted package %q", p)
 			}
 		}
