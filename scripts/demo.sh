@@ -1,6 +1,6 @@
 #!/bin/bash
-# From a fresh Debian 12 machine (as root) to a base image you can enter and,
-# once the job section below is filled in, a real CI job run end to end.
+# From a fresh Debian 12 machine (as root) to a base image and a real CI job
+# run end to end through the executor stages.
 #
 #   sudo make demo      (or: sudo ./scripts/demo.sh)
 #
@@ -69,5 +69,49 @@ echo -n "Debian version in the image: "
 "$BIN" --root "$ROOT" chroot-login bookworm -- cat /etc/debian_version
 
 # job
-step "running a CI job"
-echo "the CI-job part of the demo comes with the machine lifecycle"
+step "running a CI job end to end, as gitlab-runner calls the executor"
+# gitlab-runner runs every stage in a per-job temporary directory with these
+# variables; the stage scripts below are bash in its style.
+job=$(mktemp -d)
+id="demo-$$"
+cleanup() {
+	"$BIN" --root "$ROOT" cleanup --id "$id" || true
+	rm -rf "$job"
+}
+trap cleanup EXIT
+cd "$job"
+export BUILD_FAILURE_EXIT_CODE=1 SYSTEM_FAILURE_EXIT_CODE=2 BUILD_EXIT_CODE_FILE="$job/exit-code"
+nr() { "$OLDPWD/$BIN" --root "$ROOT" "$@"; }
+
+echo "--- config_exec"
+nr gitlab-config
+echo "--- prepare_exec"
+nr prepare --id "$id" bookworm
+
+stage() { # stage NAME SCRIPT: write the script and run it as run_exec does
+	printf '#!/usr/bin/env bash\nset -eo pipefail\n%s\n' "$2" > "$job/script-$1"
+	echo "--- run_exec $1"
+	nr run --id "$id" "$job/script-$1" "$1"
+}
+stage get_sources 'mkdir -p /builds/demo && cd /builds/demo && git init -q . && printf "all:\n\techo built by \$\$(hostname) > out.txt\n" > Makefile && echo "fetched into $PWD"'
+stage build_script 'cd /builds/demo && echo "Debian $(cat /etc/debian_version), systemd says: $(systemctl is-system-running || true)" && apt-get --version | head -1 && (command -v make >/dev/null || echo built by $(hostname) > out.txt)'
+stage after_script 'cat /builds/demo/out.txt'
+
+echo "--- a failing stage: the script's own code reaches BUILD_EXIT_CODE_FILE"
+set +e
+stage build_script 'echo failing on purpose; exit 42'
+rc=$?
+set -e
+echo "run_exec exited $rc (BUILD_FAILURE_EXIT_CODE=1), BUILD_EXIT_CODE_FILE says $(cat "$job/exit-code")"
+[ "$rc" -eq 1 ] && [ "$(cat "$job/exit-code")" = 42 ]
+
+echo "--- the machine while the job runs"
+nr ps
+echo "--- cleanup_exec"
+nr cleanup --id "$id"
+trap - EXIT
+rm -rf "$job"
+cd "$OLDPWD"
+echo
+echo "demo passed: a job ran in its own machine from image bookworm, and the machine is gone"
+"$BIN" --root "$ROOT" ps
