@@ -193,9 +193,3 @@ func firstCommand(args []string) string {
 
 // usageError is a command line that cannot be run: exit code 2.
 type usageError struct{ error }
-
-// errNotBuilt is returned by commands that exist in the interface but are
-// not built yet.
-func errNotBuilt(name string) error {
-	return fmt.Errorf("%s is not implemented yet in this version of nspawn-runner", name)
-}
