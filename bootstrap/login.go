@@ -20,8 +20,10 @@ func (s *Store) Login(ctx context.Context, name string, argv []string) error {
 	return s.login(ctx, name, argv)
 }
 
-// Remove deletes an image and its metadata. It takes the image lock, so it
-// waits for a create or maintenance of the same image to finish.
+// Remove deletes an image and its metadata at once (Retire, then delete
+// the tree). It takes the image lock, so it waits for a create or
+// maintenance of the same image to finish. Where machines may be running
+// from the image, use Retire and let the machine manager delete the tree.
 func (s *Store) Remove(ctx context.Context, name string) error {
 	return s.remove(ctx, name)
 }

@@ -12,13 +12,19 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func (s *Store) remove(ctx context.Context, name string) error {
+// Retire takes the image's name away in one rename: prepare cannot pick it
+// any more, and machines already running from it keep their tree. It
+// returns the retired tree (ROOT/.retired-NAME-TIME), which a caller that
+// knows what machines run deletes once none uses it (machine.Manager's
+// GCImages); a removal that fails halfway also leaves a retired tree for
+// gc, never a half-deleted image.
+func (s *Store) Retire(ctx context.Context, name string) (string, error) {
 	if _, err := s.Path(name); err != nil {
-		return err
+		return "", err
 	}
 	unlock, err := s.Lock(ctx, name)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer unlock()
 	if err := s.CleanWorkspaces(ctx, name); err != nil {
@@ -26,19 +32,24 @@ func (s *Store) remove(ctx context.Context, name string) error {
 	}
 	p, err := s.Path(name) // again: it may have gone while we waited
 	if err != nil {
-		return err
+		return "", err
 	}
-	// Move it aside first, in one rename: the name is gone at once, and a
-	// removal that fails halfway leaves a retired tree for gc, not a
-	// half-deleted image that prepare could still pick.
 	aside := s.path(retiredPrefix + name + "-" + strconv.FormatInt(time.Now().UnixNano(), 10))
 	if err := rename(p, aside, unix.RENAME_NOREPLACE); err != nil {
-		return fmt.Errorf("remove image %s: rename %s -> %s: %w", name, p, aside, err)
+		return "", fmt.Errorf("remove image %s: rename %s -> %s: %w", name, p, aside, err)
 	}
 	if err := os.Remove(s.metaPath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		s.log().Warn("removing image metadata", "image", name, "err", err)
 	}
-	s.log().Info("removing image", "image", name, "path", p)
+	s.log().Info("retired image", "image", name, "path", aside)
+	return aside, nil
+}
+
+func (s *Store) remove(ctx context.Context, name string) error {
+	aside, err := s.Retire(ctx, name)
+	if err != nil {
+		return err
+	}
 	if err := s.RemoveTree(aside); err != nil {
 		return fmt.Errorf("remove image %s: %w (the image is gone; gc removes the rest)", name, err)
 	}

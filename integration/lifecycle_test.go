@@ -413,6 +413,52 @@ func TestLifecycleOverlay(t *testing.T) {
 	}
 	t.Run("concurrent", func(t *testing.T) { lcConcurrent(t, h, "fast") })
 	t.Run("sigkill", func(t *testing.T) { lcSigkill(t, h) })
+	t.Run("remove image in use", func(t *testing.T) { lcRemoveInUse(t, h) })
+}
+
+// lcRemoveInUse: chroot-remove of an image that an overlay machine runs
+// from takes the name away at once (no new job can pick it) but keeps the
+// tree, the machine's lower layer, until the machine is gone; gc then
+// deletes it.
+func lcRemoveInUse(t *testing.T, h *lcHost) {
+	ctx := context.Background()
+	if _, err := mount.CopyTree(filepath.Join(h.root, "bookworm"), filepath.Join(h.root, "doomed"), mount.CopyOptions{}); err != nil {
+		t.Fatalf("copy the image: %v", err)
+	}
+	j := h.newJob()
+	j.must("prepare", "doomed", "--mode", "fast")
+	r := h.exec(ctx, nil, "", "chroot-remove", "doomed")
+	if r.code != 0 || !strings.Contains(r.stderr, "stays until") {
+		t.Fatalf("chroot-remove of an image in use: exit %d, stderr %q; want 0 and that its tree stays", r.code, r.stderr)
+	}
+	if r := h.exec(ctx, nil, "", "chroot-list"); strings.Contains(r.stdout, "doomed") {
+		t.Errorf("chroot-list still shows the removed image:\n%s", r.stdout)
+	}
+	if r := h.newJob().call("prepare", "doomed", "--mode", "fast"); r.code != 2 || !strings.Contains(r.stderr, "does not exist") {
+		t.Errorf("prepare of the removed image: exit %d, stderr %q; want 2 and does not exist", r.code, r.stderr)
+	}
+	// The running machine still reads its lower layer.
+	if r := j.call("run", j.script("s", "test -x /usr/bin/bash && md5sum /usr/bin/bash"), "build_script"); r.code != 0 {
+		t.Errorf("run in the machine whose image was removed: exit %d, stderr %q", r.code, r.stderr)
+	}
+	retired, _ := filepath.Glob(filepath.Join(h.root, ".retired-doomed-*"))
+	if len(retired) != 1 {
+		t.Fatalf("retired trees = %q, want one while the machine runs", retired)
+	}
+	if r := h.exec(ctx, nil, "", "gc"); r.code != 0 {
+		t.Fatalf("gc: exit %d: %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(retired[0]); err != nil {
+		t.Errorf("gc deleted the tree of a running machine: %v", err)
+	}
+	j.must("cleanup")
+	if r := h.exec(ctx, nil, "", "gc"); r.code != 0 {
+		t.Fatalf("gc: exit %d: %s", r.code, r.stderr)
+	}
+	if _, err := os.Stat(retired[0]); !os.IsNotExist(err) {
+		t.Errorf("gc after cleanup left the retired tree %s (%v)", retired[0], err)
+	}
+	h.assertClean(t)
 }
 
 // lcDeadMachine: nspawn killed after prepare -> run is a system failure;

@@ -66,7 +66,7 @@ func (m *Manager) GC(ctx context.Context, maxAge time.Duration) (GCResult, error
 		res.Machines = append(res.Machines, name)
 	}
 	if m.Images != nil {
-		removed, err := m.gcImages()
+		removed, err := m.GCImages()
 		res.Images = removed
 		if err != nil {
 			errs = append(errs, err)
@@ -75,9 +75,9 @@ func (m *Manager) GC(ctx context.Context, maxAge time.Duration) (GCResult, error
 	return res, errors.Join(errs...)
 }
 
-// gcImages removes retired image trees that no machine still uses as its
+// GCImages removes retired image trees that no machine still uses as its
 // lower layer. A machine being prepared counts as using its image.
-func (m *Manager) gcImages() ([]string, error) {
+func (m *Manager) GCImages() ([]string, error) {
 	retired, err := m.Images.Retired()
 	if err != nil || len(retired) == 0 {
 		return nil, err

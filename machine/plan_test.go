@@ -225,11 +225,11 @@ func TestGCImages(t *testing.T) {
 	rec("nr-2-0123456789ab", StorageBtrfs, snapped)
 	imgs := &fakeImages{retired: []string{inUse, unused, snapped}}
 	m.Images = imgs
-	removed, err := m.gcImages()
+	removed, err := m.GCImages()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(removed, []string{unused, snapped}) {
-		t.Errorf("gcImages removed %q, want %q (the overlay's lower layer kept)", removed, []string{unused, snapped})
+		t.Errorf("GCImages removed %q, want %q (the overlay's lower layer kept)", removed, []string{unused, snapped})
 	}
 }

@@ -89,8 +89,19 @@ func registerImages(app *kingpin.Application, g *globals, cmds commands) {
 	c = app.Command("chroot-remove", "Remove a base image.")
 	c.Arg("name", "Image name.").Required().StringVar(&remove.name)
 	cmds["chroot-remove"] = &command{run: func(ctx context.Context) error {
-		if err := g.store().Remove(ctx, remove.name); err != nil {
+		// The name goes at once; the tree goes when no machine runs
+		// from it (an overlay machine's lower layer), now or at a later gc.
+		retired, err := g.store().Retire(ctx, remove.name)
+		if err != nil {
 			return err
+		}
+		deleted, err := g.manager(&machineFlags{}).GCImages()
+		if err != nil {
+			return fmt.Errorf("image %s removed, but deleting its tree %s failed: %w (nspawn-runner gc retries)", remove.name, retired, err)
+		}
+		if !slices.Contains(deleted, retired) {
+			fmt.Fprintf(os.Stderr, "removed image %s; machines still run from it, so its tree %s stays until they end (nspawn-runner gc deletes it)\n", remove.name, retired)
+			return nil
 		}
 		fmt.Fprintf(os.Stderr, "removed image %s\n", remove.name)
 		return nil
