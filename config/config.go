@@ -97,6 +97,9 @@ type Machine struct {
 	// StopTimeout bounds the graceful shutdown in cleanup before the
 	// machine's cgroup is killed.
 	StopTimeout Duration `yaml:"stop_timeout"`
+	// CgroupParent is the cgroup, relative to the cgroup v2 root, under
+	// which each machine gets its own (hosts without systemd).
+	CgroupParent string `yaml:"cgroup_parent"`
 }
 
 // GitLab configures the GitLab integration.
@@ -127,6 +130,7 @@ func Default() Config {
 			Shell:        "bash",
 			ReadyTimeout: Duration(60 * time.Second),
 			StopTimeout:  Duration(10 * time.Second),
+			CgroupParent: "nspawn-runner",
 		},
 		GitLab: GitLab{CacheDir: "/var/cache/nspawn-runner"},
 	}
@@ -316,6 +320,23 @@ func (c *Config) validate(root *yaml.Node) error {
 	}
 	if m.StopTimeout <= 0 {
 		return fieldError(root, "machine.stop_timeout", "must be positive")
+	}
+	if err := checkCgroupPath(m.CgroupParent); err != nil {
+		return fieldError(root, "machine.cgroup_parent", "%v", err)
+	}
+	return nil
+}
+
+// checkCgroupPath accepts a relative cgroup path of plain names: it is
+// joined to the cgroup root, so it must not climb out of it.
+func checkCgroupPath(p string) error {
+	if p == "" || strings.HasPrefix(p, "/") {
+		return fmt.Errorf("want a relative cgroup path like nspawn-runner or ci/machines, got %q", p)
+	}
+	for _, part := range strings.Split(p, "/") {
+		if part == "" || part == "." || part == ".." || strings.ContainsAny(part, "\x00\n") {
+			return fmt.Errorf("want a relative cgroup path of plain names, got %q", p)
+		}
 	}
 	return nil
 }

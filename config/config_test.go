@@ -42,6 +42,7 @@ machine:
   shell: sh
   ready_timeout: 2m
   stop_timeout: 3s
+  cgroup_parent: ci/machines
 gitlab:
   cache_dir: /srv/cache
   builds_dir: /srv/builds
@@ -62,6 +63,9 @@ gitlab:
 	}
 	if m.MemoryHigh.Bytes != 2<<30 || m.MemoryMax.Percent != 50 {
 		t.Errorf("memory = %v, %v", m.MemoryHigh, m.MemoryMax)
+	}
+	if m.CgroupParent != "ci/machines" {
+		t.Errorf("cgroup_parent = %q", m.CgroupParent)
 	}
 	if m.ReadyTimeout.D() != 2*time.Minute || m.StopTimeout.D() != 3*time.Second {
 		t.Errorf("timeouts = %v, %v", m.ReadyTimeout.D(), m.StopTimeout.D())
@@ -92,6 +96,8 @@ func TestParseErrors(t *testing.T) {
 		{"machine:\n  stop_timeout: -1s\n", []string{"line 2", "machine.stop_timeout"}},
 		{"machine:\n  tasks_max: -4\n", []string{"line 2", "machine.tasks_max"}},
 		{"machine:\n  shell: \"\"\n", []string{"line 2", "machine.shell"}},
+		{"machine:\n  cgroup_parent: ../escape\n", []string{"line 2", "machine.cgroup_parent"}},
+		{"machine:\n  cgroup_parent: /abs\n", []string{"line 2", "machine.cgroup_parent"}},
 		{"root: relative/dir\n", []string{"line 1", "root", "absolute"}},
 		{"run_dir: run\n", []string{"line 1", "run_dir"}},
 		{"gitlab:\n  cache_dir: cache\n", []string{"line 2", "gitlab.cache_dir"}},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -26,7 +27,7 @@ type machineFlags struct {
 
 func (f *machineFlags) register(c *kingpin.CmdClause) {
 	c.Flag("name-prefix", "Prefix of machine names (default "+machine.DefaultNamePrefix+").").Hidden().StringVar(&f.namePrefix)
-	c.Flag("cgroup-parent", "Parent cgroup of machines (default "+machine.DefaultCgroupParent+").").Hidden().StringVar(&f.cgroupParent)
+	c.Flag("cgroup-parent", "Parent cgroup of machines (default: machine.cgroup_parent of the config).").Hidden().StringVar(&f.cgroupParent)
 }
 
 // manager builds the machine manager from the configuration.
@@ -38,7 +39,7 @@ func (g *globals) manager(f *machineFlags) *machine.Manager {
 		Log:          g.log,
 		Images:       g.store(),
 		NamePrefix:   f.namePrefix,
-		CgroupParent: f.cgroupParent,
+		CgroupParent: cmp.Or(f.cgroupParent, g.cfg.Machine.CgroupParent),
 	}
 }
 
