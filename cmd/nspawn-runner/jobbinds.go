@@ -12,41 +12,33 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
-// jobBinds returns the extra host -> machine bind mounts of a job (caches,
-// builds dir, the gitlab-runner binary); prepare passes them to the
-// machine. It creates the per-project host directories and prints, once
-// per prepare, what the job log must know (no gitlab-runner on the host,
-// no project to keep a cache for).
-func jobBinds(g *globals, job gitlab.Job) ([]nspawn.Bind, error) {
+// jobMachine returns what a job's machine gets besides its image: bind
+// mounts (caches, builds dir, the gitlab-runner binary) and PATH entries
+// inside the machine (the runner binary's directory, where the runner's
+// cache and artifact scripts look for gitlab-runner). It creates the
+// per-project host directories and prints, once per prepare, what the job
+// log must know (no gitlab-runner on the host, no project to keep a cache
+// for).
+func jobMachine(g *globals) (binds []nspawn.Bind, path []string, err error) {
 	plan, err := jobMounts(g)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	for _, n := range plan.Notices {
 		fmt.Fprintln(os.Stderr, n)
 	}
-	var binds []nspawn.Bind
 	for _, m := range plan.Mounts {
 		if m.Dir {
 			if err := projectDir(m.Host); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
+		}
+		if m.Machine == gitlab.MachineRunnerBinary {
+			path = append(path, gitlab.MachineRunnerDir)
 		}
 		binds = append(binds, nspawn.Bind{Host: m.Host, Machine: m.Machine, ReadOnly: m.ReadOnly})
 	}
-	return binds, nil
-}
-
-// jobEnv returns extra PATH entries (prepended inside the machine) and
-// environment variables for every stage of a job; prepare stores them with
-// the machine. The runner binary's directory goes on PATH, where the
-// runner's cache and artifact scripts look for gitlab-runner.
-func jobEnv(g *globals, job gitlab.Job) (path, env []string, err error) {
-	bin, err := runnerBinary(g)
-	if err != nil || bin == "" {
-		return nil, nil, err
-	}
-	return []string{gitlab.MachineRunnerDir}, nil, nil
+	return binds, path, nil
 }
 
 // jobMounts plans the job's mounts from the configuration and the project

@@ -76,26 +76,25 @@ func TestJobBindsFromPayload(t *testing.T) {
 	g := &globals{cfg: config.Default()}
 	g.cfg.GitLab.CacheDir = filepath.Join(dir, "cache")
 	g.cfg.GitLab.RunnerBinary = exe
-	binds, err := jobBinds(g, gitlab.Job{ID: "9"})
+	binds, path, err := jobMachine(g)
 	if err != nil {
 		t.Fatal(err)
 	}
 	key := gitlab.Project{Instance: "https://gitlab.example.com", ID: 5}.Key()
 	if len(binds) != 2 || binds[0].Host != filepath.Join(g.cfg.GitLab.CacheDir, key) || binds[0].Machine != gitlab.MachineCacheDir ||
 		binds[1].Host != exe || !binds[1].ReadOnly || binds[1].Machine != gitlab.MachineRunnerBinary {
-		t.Errorf("jobBinds = %+v", binds)
+		t.Errorf("jobMachine binds = %+v", binds)
 	}
 	if _, err := os.Stat(binds[0].Host); err != nil {
 		t.Errorf("project cache dir not created: %v", err)
 	}
-	path, _, err := jobEnv(g, gitlab.Job{ID: "9"})
-	if err != nil || strings.Join(path, ":") != gitlab.MachineRunnerDir {
-		t.Errorf("jobEnv path = %q, %v; want %s", path, err, gitlab.MachineRunnerDir)
+	if strings.Join(path, ":") != gitlab.MachineRunnerDir {
+		t.Errorf("jobMachine path = %q; want %s", path, gitlab.MachineRunnerDir)
 	}
 	// A payload that cannot be read is a failure, not a silent loss of
 	// the cache.
 	t.Setenv("JOB_RESPONSE_FILE", filepath.Join(dir, "missing.json"))
-	if _, err := jobBinds(g, gitlab.Job{ID: "9"}); err == nil {
-		t.Errorf("jobBinds with an unreadable JOB_RESPONSE_FILE succeeded")
+	if _, _, err := jobMachine(g); err == nil {
+		t.Errorf("jobMachine with an unreadable JOB_RESPONSE_FILE succeeded")
 	}
 }

@@ -88,16 +88,12 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 		if err != nil {
 			return err
 		}
-		binds, err := jobBinds(g, job)
-		if err != nil {
-			return err
-		}
-		path, env, err := jobEnv(g, job)
+		binds, path, err := jobMachine(g)
 		if err != nil {
 			return err
 		}
 		m := g.manager(&prep.machineFlags)
-		name, err := m.Prepare(ctx, machine.PrepareRequest{JobID: job.ID, Key: job.Key, Image: image, Mode: prep.mode, Binds: binds, Path: path, Env: env})
+		name, err := m.Prepare(ctx, machine.PrepareRequest{JobID: job.ID, Key: job.Key, Image: image, Mode: prep.mode, Binds: binds, Path: path})
 		if err != nil {
 			return err
 		}
