@@ -1,17 +1,21 @@
 package bootstrap
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
@@ -88,6 +92,21 @@ func (s *Store) login(ctx context.Context, name string, argv []string) error {
 	// then tears the machine down; SIGKILL only if that hangs.
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 15 * time.Second
+	if spec.NoRegister && !nspawn.HasSystemd() {
+		// Without systemd, nspawn --keep-unit makes its payload/ and
+		// supervisor/ groups in the cgroup it runs in and leaves them.
+		grp, err := cgroup.Start(cmd, filepath.Join(cmp.Or(s.CgroupParent, config.DefaultCgroupParent), spec.Machine))
+		if err != nil {
+			s.log().Warn("no cgroup of its own for the login", "err", err)
+		}
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+			defer cancel()
+			if err := grp.Close(cctx); err != nil {
+				s.log().Warn("removing the login's cgroup", "err", err)
+			}
+		}()
+	}
 	s.log().Info("entering image", "image", name, "machine", spec.Machine, "cmd", cmd.String())
 	err = cmd.Run()
 	var ee *exec.ExitError

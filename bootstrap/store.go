@@ -51,6 +51,9 @@ type Store struct {
 	// LoginPrefix starts the machine names of Login; empty means
 	// DefaultLoginPrefix.
 	LoginPrefix string
+	// CgroupParent is where Login's systemd-nspawn gets a cgroup of its
+	// own on hosts without systemd; empty means config.DefaultCgroupParent.
+	CgroupParent string
 }
 
 // Image is one base image on disk.

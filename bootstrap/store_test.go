@@ -21,6 +21,8 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
+	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
+	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
 // filesystems runs f on a store on a loopback btrfs and on a plain
@@ -413,6 +415,9 @@ func TestLogin(t *testing.T) {
 	filesystems(t, func(t *testing.T, s *bootstrap.Store, kind string) {
 		img := installImage(t, s, "bookworm")
 		ctx := context.Background()
+		h, cgErr := cgroup.Detect()
+		s.CgroupParent = "nrt-im-login-" + kind
+		t.Cleanup(func() { _ = h.Remove(s.CgroupParent) })
 		// Not ephemeral: what the command writes stays in the image.
 		if err := s.Login(ctx, "bookworm", []string{"sh", "-c", "cat /etc/debian_version > /root/version"}); err != nil {
 			t.Fatal(err)
@@ -428,6 +433,18 @@ func TestLogin(t *testing.T) {
 		}
 		if err := s.Login(ctx, "nope", []string{"true"}); !errors.Is(err, bootstrap.ErrNotFound) {
 			t.Errorf("Login(missing) = %v, want ErrNotFound", err)
+		}
+		// Each login had a cgroup of its own, gone with what nspawn made
+		// in it; nothing landed in the cgroup we run in.
+		if cgErr == nil && !nspawn.HasSystemd() {
+			if kids, err := h.Children(s.CgroupParent); err != nil || len(kids) != 0 {
+				t.Errorf("cgroups left below %s: %v, %v", s.CgroupParent, kids, err)
+			}
+			for _, d := range []string{"payload", "supervisor"} {
+				if h.Exists(d) {
+					t.Errorf("cgroup %s left at the root of %s", d, h.Root)
+				}
+			}
 		}
 	})
 }

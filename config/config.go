@@ -29,6 +29,9 @@ const (
 	DefaultRunDir      = "/run/nspawn-runner"
 	DefaultPlaybookDir = "/etc/nspawn-runner"
 	DefaultSuite       = "bookworm"
+	// DefaultCgroupParent is the cgroup (relative to the v2 root) below
+	// which machines, logins and playbook runs get groups of their own.
+	DefaultCgroupParent = "nspawn-runner"
 )
 
 // BasePackages are always installed in an image: what jobs and ansible need.
@@ -130,7 +133,7 @@ func Default() Config {
 			Shell:        "bash",
 			ReadyTimeout: Duration(60 * time.Second),
 			StopTimeout:  Duration(10 * time.Second),
-			CgroupParent: "nspawn-runner",
+			CgroupParent: DefaultCgroupParent,
 		},
 		GitLab: GitLab{CacheDir: "/var/cache/nspawn-runner"},
 	}

@@ -39,7 +39,7 @@ type Images interface {
 const scriptsSize = 64 << 20
 
 // DefaultCgroupParent is the cgroup under which machines get their own.
-const DefaultCgroupParent = "nspawn-runner"
+const DefaultCgroupParent = config.DefaultCgroupParent
 
 // Manager prepares, enters, stops and collects machines.
 type Manager struct {

@@ -2,6 +2,7 @@ package provision
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
@@ -44,6 +47,9 @@ type Runner struct {
 	TempDir string
 	// Log receives what the runner does; nil discards it.
 	Log *slog.Logger
+	// CgroupParent is where each run gets a cgroup of its own on hosts
+	// without systemd; empty means config.DefaultCgroupParent.
+	CgroupParent string
 }
 
 // Target is one playbook run.
@@ -174,6 +180,22 @@ func (r *Runner) Run(ctx context.Context, t Target) error {
 		return fmt.Errorf("run playbook %s: %w", playbook, err)
 	}
 	cmd.Stdout, cmd.Stderr = pw, pw
+	if !nspawn.HasSystemd() {
+		// The wrapper's systemd-nspawn --keep-unit makes payload/ and
+		// supervisor/ groups where it runs and leaves them: let that be
+		// a group of this run's, removed with everything in it.
+		grp, err := cgroup.Start(cmd, filepath.Join(cmp.Or(r.CgroupParent, config.DefaultCgroupParent), "ansible-"+t.Machine))
+		if err != nil {
+			r.log().Warn("no cgroup of its own for the playbook run", "err", err)
+		}
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			if err := grp.Close(cctx); err != nil {
+				r.log().Warn("removing the playbook run's cgroup", "err", err)
+			}
+		}()
+	}
 	r.log().Debug("running playbook", "playbook", playbook, "tree", tree, "argv", append([]string{ansible}, argv...), "dir", tmp)
 	if err := cmd.Start(); err != nil {
 		pw.Close()

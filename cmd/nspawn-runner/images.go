@@ -20,7 +20,7 @@ import (
 
 // store is the image store of the configured root.
 func (g *globals) store() *bootstrap.Store {
-	return &bootstrap.Store{Root: g.cfg.Root, Log: g.log}
+	return &bootstrap.Store{Root: g.cfg.Root, Log: g.log, CgroupParent: g.cfg.Machine.CgroupParent}
 }
 
 // registerImages wires the base-image commands.

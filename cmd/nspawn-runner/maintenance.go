@@ -41,7 +41,7 @@ func (g *globals) maintainer() *provision.Maintainer {
 	}
 	return &provision.Maintainer{
 		Store:  g.store(),
-		Runner: &provision.Runner{Output: os.Stderr, Verbosity: verbosity, Log: g.log},
+		Runner: &provision.Runner{Output: os.Stderr, Verbosity: verbosity, Log: g.log, CgroupParent: g.cfg.Machine.CgroupParent},
 		Dirs:   g.cfg.Playbooks(),
 		Defaults: provision.Defaults{
 			Suite:    firstNonEmpty(g.cfg.Bootstrap.Suite, config.DefaultSuite),
