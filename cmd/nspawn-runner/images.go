@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -132,7 +133,7 @@ func registerImages(app *kingpin.Application, g *globals, cmds commands) {
 
 // createOptions merges the flags over the playbook's vars over the config.
 func createOptions(cfg config.Bootstrap, def createDefaults, suite, mirror string, include []string) bootstrap.CreateOptions {
-	o := bootstrap.CreateOptions{Suite: firstNonEmpty(suite, def.Suite, cfg.Suite, config.DefaultSuite), Mirror: firstNonEmpty(mirror, def.Mirror, cfg.Mirror)}
+	o := bootstrap.CreateOptions{Suite: cmp.Or(suite, def.Suite, cfg.Suite, config.DefaultSuite), Mirror: cmp.Or(mirror, def.Mirror, cfg.Mirror)}
 	pkgs := slices.Concat(cfg.Packages, def.Include)
 	for _, inc := range include {
 		for p := range strings.SplitSeq(inc, ",") {
@@ -144,15 +145,6 @@ func createOptions(cfg config.Bootstrap, def createDefaults, suite, mirror strin
 	slices.Sort(pkgs)
 	o.Packages = slices.Compact(pkgs)
 	return o
-}
-
-func firstNonEmpty(v ...string) string {
-	for _, s := range v {
-		if s != "" {
-			return s
-		}
-	}
-	return ""
 }
 
 // listRow is one line of chroot-list: an image, a playbook, or both.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -44,7 +45,7 @@ func (g *globals) maintainer() *provision.Maintainer {
 		Runner: &provision.Runner{Output: os.Stderr, Verbosity: verbosity, Log: g.log, CgroupParent: g.cfg.Machine.CgroupParent},
 		Dirs:   g.cfg.Playbooks(),
 		Defaults: provision.Defaults{
-			Suite:    firstNonEmpty(g.cfg.Bootstrap.Suite, config.DefaultSuite),
+			Suite:    cmp.Or(g.cfg.Bootstrap.Suite, config.DefaultSuite),
 			Mirror:   g.cfg.Bootstrap.Mirror,
 			Packages: g.cfg.Bootstrap.Packages,
 		},
