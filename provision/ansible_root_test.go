@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
+	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
+	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
 // copyCached copies the cached test image to dst (which must not exist,
@@ -57,11 +59,25 @@ func TestRunPlaybook(t *testing.T) {
       command: touch /var/nrt-pv-command
 `)
 	var out bytes.Buffer
-	r := Runner{Output: &out, TempDir: t.TempDir()}
+	r := Runner{Output: &out, TempDir: t.TempDir(), CgroupParent: "nrt-pv-cg-run"}
+	h, cgErr := cgroup.Detect()
+	t.Cleanup(func() { _ = h.Remove(r.CgroupParent) })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	if err := r.Run(ctx, Target{Name: "img", Tree: tree, Playbook: pb, Machine: "nrt-pv-run"}); err != nil {
 		t.Fatalf("Run: %v\n%s", err, out.String())
+	}
+	// The run had a cgroup of its own, gone with the payload/ and
+	// supervisor/ groups each task's systemd-nspawn made in it.
+	if cgErr == nil && !nspawn.HasSystemd() {
+		if kids, err := h.Children(r.CgroupParent); err != nil || len(kids) != 0 {
+			t.Errorf("cgroups left below %s: %v, %v", r.CgroupParent, kids, err)
+		}
+		for _, d := range []string{"payload", "supervisor"} {
+			if h.Exists(d) {
+				t.Errorf("cgroup %s left at the root of %s", d, h.Root)
+			}
+		}
 	}
 	got, err := os.ReadFile(filepath.Join(tree, "etc/nrt-pv-marker"))
 	if err != nil || string(got) != "bookworm\n" {

@@ -24,6 +24,7 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/bootstrap"
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
+	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 	"github.com/nspawn-runner/nspawn-runner/sys/mount"
 )
 
@@ -384,6 +385,17 @@ func TestReplaceWhileInUse(t *testing.T) {
 				"--machine=nrt-pv-hold", "--directory="+live, "--console=pipe", "--",
 				"/bin/sh", "-c", "echo ready; read x; cat /etc/nrt-pv-version")
 			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			// A cgroup of its own, or nspawn --keep-unit leaves payload/
+			// and supervisor/ in ours.
+			grp, err := cgroup.Start(cmd, fmt.Sprintf("nrt-pv-hold-%d", os.Getpid()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if err := grp.Close(context.Background()); err != nil {
+					t.Error(err)
+				}
+			})
 			stdin, err := cmd.StdinPipe()
 			if err != nil {
 				t.Fatal(err)

@@ -27,7 +27,8 @@ func TestStartExitsEarly(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	p, err := nspawn.Start(nspawn.StartOptions{Args: nspawn.Args(nspawn.Spec{Directory: filepath.Join(dir, "missing"), Machine: "nrt-lc-nspawn-fail", NoRegister: true, Command: []string{"true"}}), Log: logf, CgroupFD: -1})
+	cgf := ownCgroup(t, "fail")
+	p, err := nspawn.Start(nspawn.StartOptions{Args: nspawn.Args(nspawn.Spec{Directory: filepath.Join(dir, "missing"), Machine: "nrt-lc-nspawn-fail", NoRegister: true, Command: []string{"true"}}), Log: logf, CgroupFD: int(cgf.Fd())})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,27 +51,7 @@ func TestStartNotify(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	// A cgroup of its own: without one, systemd-nspawn --keep-unit makes
-	// payload/ and supervisor/ next to whatever runs the test.
-	h, err := cgroup.Detect()
-	if err != nil {
-		t.Skip(err)
-	}
-	cg := fmt.Sprintf("nrt-lc-nspawn-%d", os.Getpid())
-	if _, err := h.Create(cg, nil); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		h.Kill(context.Background(), cg)
-		if err := h.Remove(cg); err != nil {
-			t.Error(err)
-		}
-	})
-	cgf, err := h.Open(cg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cgf.Close()
+	cgf := ownCgroup(t, "notify")
 	// --volatile=overlay --read-only: the shared test image stays untouched.
 	p, err := nspawn.Start(nspawn.StartOptions{Args: nspawn.Args(nspawn.Spec{Directory: image, Machine: "nrt-lc-nspawn-notify", NoRegister: true, Volatile: "overlay", ReadOnly: true, AsPID2: true, Quiet: true, Command: []string{"sleep", "infinity"}}), Log: logf, CgroupFD: int(cgf.Fd())})
 	if err != nil {
@@ -98,4 +79,34 @@ func TestStartNotify(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Error("systemd-nspawn did not stop on SIGINT")
 	}
+}
+
+// ownCgroup makes a cgroup for one test's systemd-nspawn and removes it
+// after: without one, systemd-nspawn --keep-unit makes payload/ and
+// supervisor/ next to whatever runs the test, and leaves them.
+func ownCgroup(t *testing.T, name string) *os.File {
+	t.Helper()
+	h, err := cgroup.Detect()
+	if err != nil {
+		if testutil.InCI() {
+			t.Fatalf("%v (CI=true: gated tests must run in CI)", err)
+		}
+		t.Skip(err)
+	}
+	cg := fmt.Sprintf("nrt-lc-nspawn-%s-%d", name, os.Getpid())
+	if _, err := h.Create(cg, nil); err != nil {
+		t.Fatal(err)
+	}
+	cgf, err := h.Open(cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cgf.Close()
+		h.Kill(context.Background(), cg)
+		if err := h.Remove(cg); err != nil {
+			t.Error(err)
+		}
+	})
+	return cgf
 }
