@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/alecthomas/kingpin/v2"
@@ -149,7 +150,7 @@ func run(args []string) int {
 	if cmd.stage {
 		c, err := exits.Exit(err)
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "nspawn-runner %s: %v\n", name, err)
+			report(name, err)
 		}
 		return c
 	}
@@ -160,7 +161,7 @@ func run(args []string) int {
 		return coded.ExitCode()
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "nspawn-runner %s: %v\n", name, err)
+		report(name, err)
 		var ue usageError
 		if errors.As(err, &ue) {
 			return 2
@@ -168,6 +169,13 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// report prints a command's error as one line on stderr. Domain errors
+// often start with the operation ("run: machine ..."), which is the
+// command's name here: say it once.
+func report(name string, err error) {
+	fmt.Fprintf(os.Stderr, "nspawn-runner %s: %s\n", name, strings.TrimPrefix(err.Error(), name+": "))
 }
 
 // helpAsked reports whether the user asked for help or the version.
