@@ -19,6 +19,7 @@ import (
 
 	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
+	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 )
 
 // imHost is a root directory and a config for the image commands, driven
@@ -34,7 +35,14 @@ func newIMHost(t *testing.T, bin string) *imHost {
 	// Registered after TempDir, so it runs before the directory is
 	// removed: never let RemoveAll walk into a mounted /proc or /sys.
 	t.Cleanup(func() { imKillAndUnmount(t, dir) })
-	cfg := "root: " + h.root + "\nplaybook_dirs: [" + filepath.Join(dir, "playbooks") + "]\n"
+	// Logins get cgroups below a parent of this test's, removed after.
+	cgParent := "nrt-im-cg-" + filepath.Base(dir)
+	t.Cleanup(func() {
+		if hier, err := cgroup.Detect(); err == nil {
+			_ = hier.Remove(cgParent)
+		}
+	})
+	cfg := "root: " + h.root + "\nplaybook_dirs: [" + filepath.Join(dir, "playbooks") + "]\nmachine:\n  cgroup_parent: " + cgParent + "\n"
 	if err := os.WriteFile(h.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -59,9 +59,8 @@ func TestRunPlaybook(t *testing.T) {
       command: touch /var/nrt-pv-command
 `)
 	var out bytes.Buffer
-	r := Runner{Output: &out, TempDir: t.TempDir(), CgroupParent: "nrt-pv-cg-run"}
+	r := Runner{Output: &out, TempDir: t.TempDir(), CgroupParent: testCgroupParent(t)}
 	h, cgErr := cgroup.Detect()
-	t.Cleanup(func() { _ = h.Remove(r.CgroupParent) })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	if err := r.Run(ctx, Target{Name: "img", Tree: tree, Playbook: pb, Machine: "nrt-pv-run"}); err != nil {
@@ -113,7 +112,7 @@ func TestRunPlaybookFails(t *testing.T) {
       command: touch /never
 `)
 	var out bytes.Buffer
-	r := Runner{Output: &out, TempDir: t.TempDir()}
+	r := Runner{Output: &out, TempDir: t.TempDir(), CgroupParent: testCgroupParent(t)}
 	err := r.Run(context.Background(), Target{Name: "img", Tree: tree, Playbook: pb, Machine: "nrt-pv-fail"})
 	var pe *PlaybookError
 	if !errors.As(err, &pe) {

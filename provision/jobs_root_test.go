@@ -207,6 +207,16 @@ echo job-done
 	}
 }
 
+// testCgroupParent is a cgroup parent of the test's own for playbook runs,
+// removed when the test ends (the default, shared by a real host's runs,
+// would be left behind).
+func testCgroupParent(t *testing.T) string {
+	t.Helper()
+	parent := fmt.Sprintf("nrt-pv-cg-%d-%s", os.Getpid(), strings.NewReplacer("/", "-", " ", "-").Replace(t.Name()))
+	t.Cleanup(func() { removeCgroups(t, parent) })
+	return parent
+}
+
 // removeCgroups removes the (empty by now) cgroup parent of the test's
 // machines from every hierarchy: on a hybrid host systemd-nspawn mirrors
 // it in the name=systemd v1 hierarchy too.

@@ -96,7 +96,7 @@ func newMaintainer(t *testing.T, root, dir string, out io.Writer) *Maintainer {
 	t.Helper()
 	return &Maintainer{
 		Store:    &bootstrap.Store{Root: root},
-		Runner:   &Runner{Output: out, TempDir: t.TempDir()},
+		Runner:   &Runner{Output: out, TempDir: t.TempDir(), CgroupParent: testCgroupParent(t)},
 		Dirs:     []string{dir},
 		Defaults: Defaults{Suite: testutil.ImageSuite},
 		Progress: out,
