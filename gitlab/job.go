@@ -18,8 +18,6 @@ type Job struct {
 	// ID is the job id: decimal digits from the runner, or a harness's
 	// --id ([A-Za-z0-9_-]{1,64}).
 	ID string
-	// ProjectID is the project id from the job payload, when present.
-	ProjectID string
 	// Key tells this job apart from any other job with the same id running
 	// at the same time (another GitLab instance, another runner): a hash of
 	// the id and what every stage of this job shares but no other job does.
@@ -46,17 +44,12 @@ func JobFromEnv(getenv func(string) string, idFlag string) (Job, error) {
 			return Job{}, err
 		}
 		j.ID, j.Source = idFlag, "flag"
-		if respFile != "" {
-			if r, err := readJobResponse(respFile); err == nil {
-				j.ProjectID = r.projectID
-			}
-		}
 	case respFile != "":
-		r, err := readJobResponse(respFile)
+		id, err := readJobID(respFile)
 		if err != nil {
 			return Job{}, err
 		}
-		j.ID, j.ProjectID, j.Source = r.id, r.projectID, "job-response-file"
+		j.ID, j.Source = id, "job-response-file"
 	case getenv("CUSTOM_ENV_CI_JOB_ID") != "":
 		id := getenv("CUSTOM_ENV_CI_JOB_ID")
 		if !digits(id) {
@@ -65,11 +58,6 @@ func JobFromEnv(getenv func(string) string, idFlag string) (Job, error) {
 		j.ID, j.Source = id, "env"
 	default:
 		return Job{}, ErrNoJobID
-	}
-	if j.ProjectID == "" {
-		if p := getenv("CUSTOM_ENV_CI_PROJECT_ID"); digits(p) {
-			j.ProjectID = p
-		}
 	}
 	j.Key = jobKey(j.ID, respFile, getenv)
 	return j, nil
@@ -97,48 +85,37 @@ func jobKey(id, respFile string, getenv func(string) string) string {
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
-type jobResponse struct {
-	id, projectID string
-}
-
 // maxJobResponse bounds what is read of JOB_RESPONSE_FILE: the payload
 // carries variables and steps, rarely more than a few hundred KiB.
 const maxJobResponse = 64 << 20
 
-func readJobResponse(path string) (jobResponse, error) {
+func readJobID(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return jobResponse{}, fmt.Errorf("read JOB_RESPONSE_FILE: %w", err)
+		return "", fmt.Errorf("read JOB_RESPONSE_FILE: %w", err)
 	}
 	defer f.Close()
-	r, err := parseJobResponse(&limitedReader{r: f, n: maxJobResponse})
+	id, err := parseJobID(&limitedReader{r: f, n: maxJobResponse})
 	if err != nil {
-		return jobResponse{}, fmt.Errorf("JOB_RESPONSE_FILE %s: %w", path, err)
+		return "", fmt.Errorf("JOB_RESPONSE_FILE %s: %w", path, err)
 	}
-	return r, nil
+	return id, nil
 }
 
-// parseJobResponse reads the job payload's top-level "id" and, when
-// present, "job_info.project_id".
-func parseJobResponse(rd io.Reader) (jobResponse, error) {
+// parseJobID reads the job payload's top-level "id". (The project, for
+// per-project state, is ParseProject's.)
+func parseJobID(rd io.Reader) (string, error) {
 	var raw struct {
-		ID      json.RawMessage `json:"id"`
-		JobInfo struct {
-			ProjectID json.RawMessage `json:"project_id"`
-		} `json:"job_info"`
+		ID json.RawMessage `json:"id"`
 	}
 	if err := json.NewDecoder(rd).Decode(&raw); err != nil {
-		return jobResponse{}, fmt.Errorf("parse: %w", err)
+		return "", fmt.Errorf("parse: %w", err)
 	}
 	id, ok := jsonID(raw.ID)
 	if !ok {
-		return jobResponse{}, fmt.Errorf("top-level \"id\" is %q, want a positive integer", clip(string(raw.ID)))
+		return "", fmt.Errorf("top-level \"id\" is %q, want a positive integer", clip(string(raw.ID)))
 	}
-	r := jobResponse{id: id}
-	if p, ok := jsonID(raw.JobInfo.ProjectID); ok {
-		r.projectID = p
-	}
-	return r, nil
+	return id, nil
 }
 
 // jsonID accepts a JSON number or string of decimal digits (at most 20, so

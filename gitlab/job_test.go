@@ -28,19 +28,18 @@ func TestJobFromEnv(t *testing.T) {
 		env     map[string]string
 		flag    string
 		wantID  string
-		wantPID string
 		wantSrc string
 		wantErr string
 	}{
-		{"response file", map[string]string{"JOB_RESPONSE_FILE": resp, "CUSTOM_ENV_CI_JOB_ID": "99"}, "", "4711", "12", "job-response-file", ""},
-		{"flag wins", map[string]string{"JOB_RESPONSE_FILE": resp}, "harness-1_a", "harness-1_a", "12", "flag", ""},
-		{"env fallback", map[string]string{"CUSTOM_ENV_CI_JOB_ID": "99", "CUSTOM_ENV_CI_PROJECT_ID": "5"}, "", "99", "5", "env", ""},
-		{"nothing", map[string]string{}, "", "", "", "", "no job id"},
-		{"hostile env id", map[string]string{"CUSTOM_ENV_CI_JOB_ID": "1;rm -rf /"}, "", "", "", "", "invalid CUSTOM_ENV_CI_JOB_ID"},
-		{"hostile flag path", nil, "../x", "", "", "", "invalid --id"},
-		{"hostile flag long", nil, strings.Repeat("a", 65), "", "", "", "invalid --id"},
-		{"hostile flag space", nil, "a b", "", "", "", "invalid --id"},
-		{"missing file", map[string]string{"JOB_RESPONSE_FILE": filepath.Join(dir, "nope")}, "", "", "", "", "JOB_RESPONSE_FILE"},
+		{"response file", map[string]string{"JOB_RESPONSE_FILE": resp, "CUSTOM_ENV_CI_JOB_ID": "99"}, "", "4711", "job-response-file", ""},
+		{"flag wins", map[string]string{"JOB_RESPONSE_FILE": resp}, "harness-1_a", "harness-1_a", "flag", ""},
+		{"env fallback", map[string]string{"CUSTOM_ENV_CI_JOB_ID": "99", "CUSTOM_ENV_CI_PROJECT_ID": "5"}, "", "99", "env", ""},
+		{"nothing", map[string]string{}, "", "", "", "no job id"},
+		{"hostile env id", map[string]string{"CUSTOM_ENV_CI_JOB_ID": "1;rm -rf /"}, "", "", "", "invalid CUSTOM_ENV_CI_JOB_ID"},
+		{"hostile flag path", nil, "../x", "", "", "invalid --id"},
+		{"hostile flag long", nil, strings.Repeat("a", 65), "", "", "invalid --id"},
+		{"hostile flag space", nil, "a b", "", "", "invalid --id"},
+		{"missing file", map[string]string{"JOB_RESPONSE_FILE": filepath.Join(dir, "nope")}, "", "", "", "JOB_RESPONSE_FILE"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			j, err := JobFromEnv(envOf(tc.env), tc.flag)
@@ -53,32 +52,32 @@ func TestJobFromEnv(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if j.ID != tc.wantID || j.ProjectID != tc.wantPID || j.Source != tc.wantSrc || len(j.Key) != 16 {
-				t.Errorf("JobFromEnv() = %+v, want id %s project %s source %s", j, tc.wantID, tc.wantPID, tc.wantSrc)
+			if j.ID != tc.wantID || j.Source != tc.wantSrc || len(j.Key) != 16 {
+				t.Errorf("JobFromEnv() = %+v, want id %s source %s", j, tc.wantID, tc.wantSrc)
 			}
 		})
 	}
 }
 
-func TestParseJobResponse(t *testing.T) {
+func TestParseJobID(t *testing.T) {
 	for _, tc := range []struct {
-		body, id, pid string
-		ok            bool
+		body, id string
+		ok       bool
 	}{
-		{`{"id": 1}`, "1", "", true},
-		{`{"id": "123"}`, "123", "", true},
-		{`{"id": 1, "job_info": {"project_id": "x/y"}}`, "1", "", true},
-		{`{"id": -1}`, "", "", false},
-		{`{"id": 1.5}`, "", "", false},
-		{`{"id": "../../etc"}`, "", "", false},
-		{`{"id": null}`, "", "", false},
-		{`{}`, "", "", false},
-		{`[1]`, "", "", false},
-		{`{"id": 123456789012345678901}`, "", "", false},
+		{`{"id": 1}`, "1", true},
+		{`{"id": "123"}`, "123", true},
+		{`{"id": 1, "job_info": {"project_id": "x/y"}}`, "1", true},
+		{`{"id": -1}`, "", false},
+		{`{"id": 1.5}`, "", false},
+		{`{"id": "../../etc"}`, "", false},
+		{`{"id": null}`, "", false},
+		{`{}`, "", false},
+		{`[1]`, "", false},
+		{`{"id": 123456789012345678901}`, "", false},
 	} {
-		r, err := parseJobResponse(strings.NewReader(tc.body))
-		if (err == nil) != tc.ok || r.id != tc.id || r.projectID != tc.pid {
-			t.Errorf("parseJobResponse(%s) = %+v, %v; want id %q project %q ok %v", tc.body, r, err, tc.id, tc.pid, tc.ok)
+		id, err := parseJobID(strings.NewReader(tc.body))
+		if (err == nil) != tc.ok || id != tc.id {
+			t.Errorf("parseJobID(%s) = %q, %v; want id %q ok %v", tc.body, id, err, tc.id, tc.ok)
 		}
 	}
 }
@@ -123,13 +122,13 @@ func TestMapImage(t *testing.T) {
 	}
 }
 
-func FuzzParseJobResponse(f *testing.F) {
+func FuzzParseJobID(f *testing.F) {
 	f.Add([]byte(`{"id": 1, "job_info": {"project_id": 2}}`))
 	f.Add([]byte(`{"id": "x"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r, err := parseJobResponse(strings.NewReader(string(data)))
-		if err == nil && (!digits(r.id) || len(r.id) > 20) {
-			t.Fatalf("accepted id %q", r.id)
+		id, err := parseJobID(strings.NewReader(string(data)))
+		if err == nil && (!digits(id) || len(id) > 20) {
+			t.Fatalf("accepted id %q", id)
 		}
 	})
 }
