@@ -174,15 +174,7 @@ func ParseVars(data []byte) (Vars, []string, error) {
 		}
 		switch key.Value {
 		case VarSuite:
-			s, ok := stringVar(val)
-			switch {
-			case !ok:
-				warnf("line %d: %s must be a string (a Debian suite like bookworm); ignored", key.Line, key.Value)
-			case config.CheckSuite(s) != nil:
-				warnf("line %d: %s: %q is not a Debian suite name; ignored", key.Line, key.Value, s)
-			default:
-				v.Suite = s
-			}
+			v.Suite = checkedString(key, val, "a Debian suite like bookworm", "a Debian suite name", config.CheckSuite, warnf)
 		case VarRecreate:
 			b, ok := boolVar(val)
 			if !ok {
@@ -191,15 +183,7 @@ func ParseVars(data []byte) (Vars, []string, error) {
 				v.Recreate = b
 			}
 		case VarMirror:
-			s, ok := stringVar(val)
-			switch {
-			case !ok:
-				warnf("line %d: %s must be a string (a mirror URL); ignored", key.Line, key.Value)
-			case config.CheckMirror(s) != nil:
-				warnf("line %d: %s: %q is not a mirror URL; ignored", key.Line, key.Value, s)
-			default:
-				v.Mirror = s
-			}
+			v.Mirror = checkedString(key, val, "a mirror URL", "a mirror URL", config.CheckMirror, warnf)
 		case VarInclude:
 			pkgs, ok := listVar(val)
 			if !ok {
@@ -302,4 +286,20 @@ func listVar(n *yaml.Node) ([]string, bool) {
 		return out, true
 	}
 	return nil, false
+}
+
+// checkedString returns the string value of a variable that check accepts,
+// and "" after a warning naming the line when it is not a string or check
+// refuses it.
+func checkedString(key, val *yaml.Node, want, notA string, check func(string) error, warnf func(string, ...any)) string {
+	s, ok := stringVar(val)
+	if !ok {
+		warnf("line %d: %s must be a string (%s); ignored", key.Line, key.Value, want)
+		return ""
+	}
+	if check(s) != nil {
+		warnf("line %d: %s: %q is not %s; ignored", key.Line, key.Value, s, notA)
+		return ""
+	}
+	return s
 }
