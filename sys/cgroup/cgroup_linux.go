@@ -102,6 +102,10 @@ func (h Hierarchy) Create(rel string, want []string) (missing []string, err erro
 			return nil, fmt.Errorf("create cgroup %s: %w", h.Path(cur), err)
 		}
 	}
+	if len(want) == 0 {
+		// A stage's group (once per run) wants nothing: no file to read.
+		return nil, nil
+	}
 	have, err := h.Controllers(rel)
 	if err != nil {
 		return nil, err
