@@ -10,6 +10,7 @@ import (
 func TestPlanMounts(t *testing.T) {
 	proj := Project{Instance: "https://gitlab.example.com", ID: 5}
 	key := proj.Key()
+	local := Project{Local: "/home/dev/app"}
 	noProject := errors.New("job_info.project_id missing")
 	for _, tc := range []struct {
 		name    string
@@ -31,6 +32,14 @@ func TestPlanMounts(t *testing.T) {
 			mounts: []Mount{
 				{Host: "/c/" + key, Machine: "/cache", Dir: true},
 				{Host: "/b/" + key, Machine: "/builds", Dir: true},
+				{Host: "/r", Machine: MachineRunnerBinary, ReadOnly: true},
+			},
+		},
+		{
+			name: "local job (gitlab-runner exec)",
+			in:   MountInput{CacheRoot: "/c", RunnerBinary: "/r", Project: local},
+			mounts: []Mount{
+				{Host: "/c/" + local.Key(), Machine: "/cache", Dir: true},
 				{Host: "/r", Machine: MachineRunnerBinary, ReadOnly: true},
 			},
 		},
@@ -71,11 +80,13 @@ func TestPlanMounts(t *testing.T) {
 	}
 }
 
-// Two projects, or one project id on two instances, never share a dir.
+// Two projects, one project id on two instances, or two local
+// repositories never share a dir.
 func TestPlanMountsSeparatesProjects(t *testing.T) {
 	dirs := map[string]Project{}
 	for _, p := range []Project{
-		{"https://a.example", 5}, {"https://a.example", 6}, {"https://b.example", 5},
+		{Instance: "https://a.example", ID: 5}, {Instance: "https://a.example", ID: 6}, {Instance: "https://b.example", ID: 5},
+		{Local: "/home/dev/a"}, {Local: "/home/dev/b"},
 	} {
 		m := PlanMounts(MountInput{CacheRoot: "/c", RunnerBinary: "/r", Project: p}).Mounts[0].Host
 		if q, dup := dirs[m]; dup {

@@ -9,18 +9,25 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
 
 // Project identifies a job's project across GitLab instances: project 5
-// of one instance is not project 5 of another.
+// of one instance is not project 5 of another. A job run locally with
+// `gitlab-runner exec` has no instance and no real project id: its project
+// is the local repository it was started in (Local).
 type Project struct {
 	// Instance is the GitLab instance, "scheme://host[:port]" in lower
 	// case with the default port removed.
 	Instance string
 	// ID is the project's numeric id on that instance.
 	ID int64
+	// Local is the repository path of a local job (gitlab-runner exec),
+	// cleaned; Instance and ID are then empty. It is only ever hashed,
+	// never used as a path.
+	Local string
 }
 
 // ErrNoProject means the job payload does not say which project the job
@@ -61,10 +68,19 @@ func ReadProject(path string) (Project, error) {
 // own external URL. Job variables (CI_SERVER_URL, CI_PROJECT_ID) are not
 // consulted: a job's .gitlab-ci.yml can set variables of those names and
 // would then reach another project's cache.
+//
+// A repo_url that is an absolute path is a local job: `gitlab-runner exec`
+// writes the payload itself, with the directory it runs in as repo_url and
+// a made-up project id (1 or 0, depending on the version), which is
+// ignored. A server never sends a path there (it sends its clone URL), and
+// jobs cannot change the payload, so no server job is taken for a local one.
 func ParseProject(data []byte) (Project, error) {
 	var pl projectPayload
 	if err := json.Unmarshal(data, &pl); err != nil {
 		return Project{}, fmt.Errorf("parse job payload: %w", err)
+	}
+	if strings.HasPrefix(pl.GitInfo.RepoURL, "/") {
+		return Project{Local: filepath.Clean(pl.GitInfo.RepoURL)}, nil
 	}
 	if pl.JobInfo.ProjectID == "" {
 		return Project{}, fmt.Errorf("job_info.project_id missing: %w", ErrNoProject)
@@ -124,7 +140,15 @@ const maxHostInKey = 64
 // the whole instance keeps two instances apart even where sanitizing their
 // hosts gives the same text (ports, IPv6, IDN, long names). It contains only
 // [a-z0-9._-], never starts with '.' or '-', and is never "." or "..".
+//
+// A local job's key is "local-<hash of the path>-0". Server projects have
+// ids from 1 up, so their keys never end in "-0": no server job can get a
+// local job's key, whatever its host is called, nor the reverse.
 func (p Project) Key() string {
+	if p.Local != "" {
+		h := sha256.Sum256([]byte("local\x00" + p.Local))
+		return "local-" + hex.EncodeToString(h[:8]) + "-0"
+	}
 	h := sha256.Sum256([]byte(p.Instance))
 	host := p.Instance
 	if i := strings.Index(host, "://"); i >= 0 {

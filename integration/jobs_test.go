@@ -221,6 +221,47 @@ func TestCachePerProject(t *testing.T) {
 	r.AssertClean(t)
 }
 
+// Jobs run with gitlab-runner exec (a local path as repo_url, a made-up
+// project id) keep a cache per local repository, which neither another
+// repository nor a server project sees.
+func TestCacheForLocalJobs(t *testing.T) {
+	r := NewRunner(t, Options{StandIn: true})
+	token := fmt.Sprintf("local-cache-token-%d", os.Getpid())
+	repo := "/home/dev/app"
+	job := func(response func(id int64) string, script ...string) *Result {
+		j := Job{ID: uniqueJobID(), Script: script}
+		if response != nil {
+			j.Response = response(j.ID)
+		}
+		j.ProjectPath = "group/project"
+		cacheStages(&j, gitlab.MachineCacheDir, filepath.Join(gitlab.MachineBuildsDir, j.ProjectPath))
+		return r.RunJob(t, j)
+	}
+	local := func(repo string) func(int64) string {
+		return func(id int64) string {
+			return fmt.Sprintf(`{"id": %d, "job_info": {"project_id": 0}, "git_info": {"repo_url": %q}}`, id, repo)
+		}
+	}
+	mustPass(t, job(local(repo), `mkdir -p vendor`, `echo `+token+` > vendor/data.txt`))
+	res := job(local(repo), `test "$(cat vendor/data.txt)" = `+token)
+	mustPass(t, res)
+	if s := res.Stage("restore_cache"); !strings.Contains(s.Stdout, "STANDIN extracted") {
+		t.Errorf("restore_cache did not extract:\n%s", res.Log)
+	}
+	for name, resp := range map[string]func(int64) string{"other repository": local("/home/dev/other"), "server project": nil} {
+		res := job(resp, `test ! -e vendor/data.txt`, `test -z "$(find /cache -type f)"`)
+		mustPass(t, res)
+		if s := res.Stage("restore_cache"); !strings.Contains(s.Stdout, "STANDIN no cache") {
+			t.Errorf("%s found the local job's cache:\n%s", name, res.Log)
+		}
+	}
+	key := gitlab.Project{Local: repo}.Key()
+	if _, err := os.Stat(filepath.Join(r.CacheDir, key, "group/project/default-protected/cache.zip")); err != nil {
+		t.Errorf("local job's cache archive not on the host: %v", err)
+	}
+	r.AssertClean(t)
+}
+
 // A file from build_script is collected by upload_artifacts_on_success,
 // which calls gitlab-runner inside the machine: the stand-in prints its
 // argv and the file's contents.
