@@ -1,6 +1,7 @@
 package gitlab
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -53,4 +54,47 @@ func CheckImage(name string, existing, allowed []string) error {
 		return nil
 	}
 	return &ImageError{Name: name, Exists: slices.Contains(existing, name), Available: avail}
+}
+
+// ImageChoice is what, besides the job's own image:, decides which image
+// a job's machine starts from.
+type ImageChoice struct {
+	// Arg is prepare's IMAGE argument; it wins over everything.
+	Arg string
+	// DefaultFlag is prepare's --default-image, for jobs that name none;
+	// Default is default_image of the configuration, after it.
+	DefaultFlag string
+	Default     string
+	// Allowed is allowed_images: when not empty, the only images jobs
+	// may use.
+	Allowed []string
+	// CheckName is the image-name rule, applied before the name is
+	// looked up (names are never paths).
+	CheckName func(name string) error
+	// Existing lists the images on this runner.
+	Existing func() ([]string, error)
+}
+
+// SelectImage chooses the job's image: c.Arg, else the job's image:
+// (ImageFromEnv), else c.DefaultFlag, else c.Default; then checks the
+// name, that the image exists and that the allowlist lets jobs use it. The
+// error then lists the images jobs may use (*ImageError).
+func SelectImage(getenv func(string) string, c ImageChoice) (string, error) {
+	name := c.Arg
+	for _, n := range []string{ImageFromEnv(getenv), c.DefaultFlag, c.Default} {
+		if name == "" {
+			name = n
+		}
+	}
+	if name == "" {
+		return "", errors.New("no image: the job names none (image:), and there is no --default-image or default_image in the config")
+	}
+	if err := c.CheckName(name); err != nil {
+		return "", err
+	}
+	existing, err := c.Existing()
+	if err != nil {
+		return "", err
+	}
+	return name, CheckImage(name, existing, c.Allowed)
 }

@@ -58,3 +58,52 @@ func TestAvailableImagesSortedUnique(t *testing.T) {
 		t.Errorf("AvailableImages = %q, want %q", got, want)
 	}
 }
+
+func TestSelectImage(t *testing.T) {
+	// A stand-in for the image-name rule: SelectImage must apply it
+	// before looking the name up.
+	checkName := func(n string) error {
+		if strings.ContainsAny(n, "/.") {
+			return errors.New("invalid image name")
+		}
+		return nil
+	}
+	existing := func() ([]string, error) { return []string{"bookworm", "trixie", "sid"}, nil }
+	listFails := func() ([]string, error) { return nil, errors.New("list images: EIO") }
+	job := func(image string) map[string]string { return map[string]string{"CUSTOM_ENV_CI_JOB_IMAGE": image} }
+	for _, tc := range []struct {
+		name    string
+		env     map[string]string
+		c       ImageChoice
+		want    string
+		wantErr string
+	}{
+		{"argument wins", job("sid"), ImageChoice{Arg: "trixie", DefaultFlag: "sid", Default: "sid"}, "trixie", ""},
+		{"job's image: next", job("registry.example/group/base:trixie"), ImageChoice{DefaultFlag: "sid", Default: "sid"}, "trixie", ""},
+		{"then --default-image", nil, ImageChoice{DefaultFlag: "sid", Default: "bookworm"}, "sid", ""},
+		{"then default_image", nil, ImageChoice{Default: "bookworm"}, "bookworm", ""},
+		{"none at all", nil, ImageChoice{}, "", "no image"},
+		{"name rule first", job("registry.example/x/../../etc:.."), ImageChoice{Default: "bookworm"}, "", "invalid image name"},
+		{"missing image lists the others", job("nope"), ImageChoice{}, "", "images available to jobs: bookworm, sid, trixie"},
+		{"allowlist", job("sid"), ImageChoice{Allowed: []string{"bookworm"}}, "", "not in this runner's allowed_images; images available to jobs: bookworm"},
+		{"listing fails", job("sid"), ImageChoice{Existing: listFails}, "", "EIO"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.c
+			c.CheckName = checkName
+			if c.Existing == nil {
+				c.Existing = existing
+			}
+			got, err := SelectImage(envOf(tc.env), c)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("SelectImage = %q, %v; want an error containing %q", got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("SelectImage = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}

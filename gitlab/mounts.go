@@ -35,6 +35,10 @@ type MountInput struct {
 // MountPlan is the mounts of one job and what to tell its log about them.
 type MountPlan struct {
 	Mounts []Mount
+	// Path are directories inside the machine to put on every stage's
+	// PATH: where the runner binary is, so that the runner's cache and
+	// artifact scripts find gitlab-runner.
+	Path []string
 	// Notices are printed once in the job log (prepare's stderr).
 	Notices []string
 }
@@ -67,6 +71,7 @@ func PlanMounts(in MountInput) MountPlan {
 		p.Notices = append(p.Notices, NoRunnerNotice)
 	} else {
 		p.Mounts = append(p.Mounts, Mount{Host: in.RunnerBinary, Machine: MachineRunnerBinary, ReadOnly: true})
+		p.Path = append(p.Path, MachineRunnerDir)
 	}
 	return p
 }

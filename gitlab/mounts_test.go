@@ -68,6 +68,13 @@ func TestPlanMounts(t *testing.T) {
 			if !reflect.DeepEqual(p.Mounts, tc.mounts) {
 				t.Errorf("PlanMounts mounts = %+v, want %+v", p.Mounts, tc.mounts)
 			}
+			var path []string
+			if tc.in.RunnerBinary != "" {
+				path = []string{MachineRunnerDir}
+			}
+			if !reflect.DeepEqual(p.Path, path) {
+				t.Errorf("PlanMounts path = %q, want %q", p.Path, path)
+			}
 			if len(p.Notices) != len(tc.notices) {
 				t.Fatalf("PlanMounts notices = %q, want %d", p.Notices, len(tc.notices))
 			}
