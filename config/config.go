@@ -115,6 +115,12 @@ type GitLab struct {
 	// RunnerBinary is the gitlab-runner binary bind-mounted into machines;
 	// empty means the one on PATH.
 	RunnerBinary string `yaml:"runner_binary"`
+	// JobIDFromVariables lets the stages take the job id from
+	// CUSTOM_ENV_CI_JOB_ID when gitlab-runner gives no JOB_RESPONSE_FILE
+	// (runners too old to write it), as the original nspawn-runner did.
+	// Off by default: job variables can override predefined ones, so a job
+	// could then name another job's machine.
+	JobIDFromVariables bool `yaml:"job_id_from_variables"`
 }
 
 // Default returns the configuration used when there is no file.

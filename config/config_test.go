@@ -15,7 +15,8 @@ func TestParseDefaults(t *testing.T) {
 			t.Fatalf("Parse(%q) = %v", in, err)
 		}
 		d := Default()
-		if c.Root != d.Root || c.Machine.CPUWeight != 50 || c.Machine.MemoryHigh.Percent != 30 || c.Machine.MemoryMax.Percent != 40 {
+		// Job variables never name the job unless the admin says so.
+		if c.Root != d.Root || c.Machine.CPUWeight != 50 || c.Machine.MemoryHigh.Percent != 30 || c.Machine.MemoryMax.Percent != 40 || c.GitLab.JobIDFromVariables {
 			t.Errorf("Parse(%q) = %+v, want the defaults", in, c)
 		}
 	}
@@ -47,6 +48,7 @@ gitlab:
   cache_dir: /srv/cache
   builds_dir: /srv/builds
   runner_binary: /usr/bin/gitlab-runner
+  job_id_from_variables: true
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +72,7 @@ gitlab:
 	if m.ReadyTimeout.D() != 2*time.Minute || m.StopTimeout.D() != 3*time.Second {
 		t.Errorf("timeouts = %v, %v", m.ReadyTimeout.D(), m.StopTimeout.D())
 	}
-	if c.GitLab.CacheDir != "/srv/cache" || c.GitLab.BuildsDir != "/srv/builds" || c.GitLab.RunnerBinary != "/usr/bin/gitlab-runner" {
+	if c.GitLab.CacheDir != "/srv/cache" || c.GitLab.BuildsDir != "/srv/builds" || c.GitLab.RunnerBinary != "/usr/bin/gitlab-runner" || !c.GitLab.JobIDFromVariables {
 		t.Errorf("gitlab = %+v", c.GitLab)
 	}
 	if got := c.Playbooks(); len(got) != 2 || got[0] != DefaultPlaybookDir || got[1] != "/srv/images" {
@@ -101,6 +103,9 @@ func TestParseErrors(t *testing.T) {
 		{"root: relative/dir\n", []string{"line 1", "root", "absolute"}},
 		{"run_dir: run\n", []string{"line 1", "run_dir"}},
 		{"gitlab:\n  cache_dir: cache\n", []string{"line 2", "gitlab.cache_dir"}},
+		{"gitlab:\n  job_id_from_variables: maybe\n", []string{"line 2", "maybe"}},
+		{"gitlab:\n  job_id_from_variables: 1\n", []string{"line 2", "boolean"}},
+		{"gitlab:\n  job_id_from_variable: true\n", []string{"line 2", "job_id_from_variable"}},
 		{"default_image: ../../etc\n", []string{"line 1", "default_image", ImageNameRule}},
 		{"allowed_images: [ok, .hidden]\n", []string{"line 1", "allowed_images"}},
 		{"bootstrap:\n  suite: a/b\n", []string{"line 2", "bootstrap.suite"}},

@@ -23,41 +23,59 @@ type Job struct {
 	// the id and what every stage of this job shares but no other job does.
 	// Every stage of one job computes the same Key.
 	Key string
-	// Source says where ID came from: "job-response-file", "flag" or "env".
+	// Source says where ID came from: "job-response-file", "flag" or
+	// "variables".
 	Source string
 }
 
-// ErrNoJobID is returned when no stage input names the job.
-var ErrNoJobID = errors.New("no job id: JOB_RESPONSE_FILE, --id and CUSTOM_ENV_CI_JOB_ID are all missing")
+// ErrNoJobID is returned when nothing a stage may trust names the job.
+var ErrNoJobID = errors.New("no job id")
 
-// JobFromEnv works out the job identity of the current stage. The id comes
-// from the runner's JOB_RESPONSE_FILE (its top-level "id" is trusted), else
-// from idFlag (harnesses), else from CUSTOM_ENV_CI_JOB_ID, the only one a
-// job could influence, used as the last fallback. Ids that are not decimal
-// digits (or, for idFlag, [A-Za-z0-9_-]{1,64}) are refused.
-func JobFromEnv(getenv func(string) string, idFlag string) (Job, error) {
+// JobSources are the places besides the runner's job payload that may
+// name the job.
+type JobSources struct {
+	// Flag is --id, given by a harness that drives the stages itself: as
+	// trusted as the payload, and it wins over it.
+	Flag string
+	// Variables lets CUSTOM_ENV_CI_JOB_ID name the job when there is
+	// neither a payload nor a flag, as the original nspawn-runner did for
+	// runners that predate JOB_RESPONSE_FILE. Job variables can override
+	// predefined ones, so a job can then give itself another job's id and
+	// reach that job's machine: only an explicit choice of the admin turns
+	// this on.
+	Variables bool
+}
+
+// JobFromEnv works out the job identity of the current stage: src.Flag
+// when given, else the top-level "id" of the runner's JOB_RESPONSE_FILE,
+// else, only when src.Variables allows it, CUSTOM_ENV_CI_JOB_ID. Ids that
+// are not decimal digits (or, for the flag, [A-Za-z0-9_-]{1,64}) are
+// refused. Without any of them the error wraps ErrNoJobID.
+func JobFromEnv(getenv func(string) string, src JobSources) (Job, error) {
 	var j Job
 	respFile := getenv("JOB_RESPONSE_FILE")
 	switch {
-	case idFlag != "":
-		if err := checkFlagID(idFlag); err != nil {
+	case src.Flag != "":
+		if err := checkFlagID(src.Flag); err != nil {
 			return Job{}, err
 		}
-		j.ID, j.Source = idFlag, "flag"
+		j.ID, j.Source = src.Flag, "flag"
 	case respFile != "":
 		id, err := readJobID(respFile)
 		if err != nil {
 			return Job{}, err
 		}
 		j.ID, j.Source = id, "job-response-file"
-	case getenv("CUSTOM_ENV_CI_JOB_ID") != "":
+	case src.Variables && getenv("CUSTOM_ENV_CI_JOB_ID") != "":
 		id := getenv("CUSTOM_ENV_CI_JOB_ID")
 		if !digits(id) {
 			return Job{}, fmt.Errorf("invalid CUSTOM_ENV_CI_JOB_ID %q: want decimal digits", clip(id))
 		}
-		j.ID, j.Source = id, "env"
+		j.ID, j.Source = id, "variables"
+	case src.Variables:
+		return Job{}, fmt.Errorf("%w: JOB_RESPONSE_FILE, --id and CUSTOM_ENV_CI_JOB_ID are all missing", ErrNoJobID)
 	default:
-		return Job{}, ErrNoJobID
+		return Job{}, fmt.Errorf("%w: JOB_RESPONSE_FILE is not set and no --id was given", ErrNoJobID)
 	}
 	j.Key = jobKey(j.ID, respFile, getenv)
 	return j, nil

@@ -1,6 +1,7 @@
 package gitlab
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,26 +27,35 @@ func TestJobFromEnv(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		env     map[string]string
-		flag    string
+		src     JobSources
 		wantID  string
 		wantSrc string
 		wantErr string
 	}{
-		{"response file", map[string]string{"JOB_RESPONSE_FILE": resp, "CUSTOM_ENV_CI_JOB_ID": "99"}, "", "4711", "job-response-file", ""},
-		{"flag wins", map[string]string{"JOB_RESPONSE_FILE": resp}, "harness-1_a", "harness-1_a", "flag", ""},
-		{"env fallback", map[string]string{"CUSTOM_ENV_CI_JOB_ID": "99", "CUSTOM_ENV_CI_PROJECT_ID": "5"}, "", "99", "env", ""},
-		{"nothing", map[string]string{}, "", "", "", "no job id"},
-		{"hostile env id", map[string]string{"CUSTOM_ENV_CI_JOB_ID": "1;rm -rf /"}, "", "", "", "invalid CUSTOM_ENV_CI_JOB_ID"},
-		{"hostile flag path", nil, "../x", "", "", "invalid --id"},
-		{"hostile flag long", nil, strings.Repeat("a", 65), "", "", "invalid --id"},
-		{"hostile flag space", nil, "a b", "", "", "invalid --id"},
-		{"missing file", map[string]string{"JOB_RESPONSE_FILE": filepath.Join(dir, "nope")}, "", "", "", "JOB_RESPONSE_FILE"},
+		{"response file", map[string]string{"JOB_RESPONSE_FILE": resp, "CUSTOM_ENV_CI_JOB_ID": "99"}, JobSources{}, "4711", "job-response-file", ""},
+		{"response file wins over variables", map[string]string{"JOB_RESPONSE_FILE": resp, "CUSTOM_ENV_CI_JOB_ID": "99"}, JobSources{Variables: true}, "4711", "job-response-file", ""},
+		{"flag wins", map[string]string{"JOB_RESPONSE_FILE": resp}, JobSources{Flag: "harness-1_a"}, "harness-1_a", "flag", ""},
+		{"flag without payload", map[string]string{"CUSTOM_ENV_CI_JOB_ID": "99"}, JobSources{Flag: "h1"}, "h1", "flag", ""},
+		// Job variables can override predefined ones: by default they
+		// never name the job.
+		{"variables refused by default", map[string]string{"CUSTOM_ENV_CI_JOB_ID": "99", "CUSTOM_ENV_CI_PROJECT_ID": "5"}, JobSources{}, "", "", "no job id: JOB_RESPONSE_FILE is not set and no --id"},
+		{"variables when allowed", map[string]string{"CUSTOM_ENV_CI_JOB_ID": "99", "CUSTOM_ENV_CI_PROJECT_ID": "5"}, JobSources{Variables: true}, "99", "variables", ""},
+		{"nothing", map[string]string{}, JobSources{}, "", "", "no job id"},
+		{"nothing, variables allowed", map[string]string{}, JobSources{Variables: true}, "", "", "CUSTOM_ENV_CI_JOB_ID are all missing"},
+		{"hostile variable id", map[string]string{"CUSTOM_ENV_CI_JOB_ID": "1;rm -rf /"}, JobSources{Variables: true}, "", "", "invalid CUSTOM_ENV_CI_JOB_ID"},
+		{"hostile flag path", nil, JobSources{Flag: "../x"}, "", "", "invalid --id"},
+		{"hostile flag long", nil, JobSources{Flag: strings.Repeat("a", 65)}, "", "", "invalid --id"},
+		{"hostile flag space", nil, JobSources{Flag: "a b"}, "", "", "invalid --id"},
+		{"missing file", map[string]string{"JOB_RESPONSE_FILE": filepath.Join(dir, "nope")}, JobSources{Variables: true}, "", "", "JOB_RESPONSE_FILE"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			j, err := JobFromEnv(envOf(tc.env), tc.flag)
+			j, err := JobFromEnv(envOf(tc.env), tc.src)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("JobFromEnv() = %+v, %v, want error containing %q", j, err, tc.wantErr)
+				}
+				if strings.HasPrefix(err.Error(), "no job id") != errors.Is(err, ErrNoJobID) {
+					t.Errorf("JobFromEnv() = %v: wraps ErrNoJobID %v", err, errors.Is(err, ErrNoJobID))
 				}
 				return
 			}
@@ -87,7 +97,7 @@ func TestJobKey(t *testing.T) {
 	r1 := writeResp(t, d1, `{"id": 7}`)
 	r2 := writeResp(t, d2, `{"id": 7}`)
 	key := func(env map[string]string) string {
-		j, err := JobFromEnv(envOf(env), "")
+		j, err := JobFromEnv(envOf(env), JobSources{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -699,7 +699,10 @@ func lcHostile(t *testing.T, h *lcHost) {
 	}{
 		{"id path", nil, []string{"prepare", "bookworm", "--id", "../../etc"}, "invalid --id"},
 		{"id space", nil, []string{"prepare", "bookworm", "--id", "a b"}, "invalid --id"},
-		{"env id", []string{"CUSTOM_ENV_CI_JOB_ID=1/../2"}, []string{"prepare", "bookworm"}, "invalid CUSTOM_ENV_CI_JOB_ID"},
+		// Job variables never name the machine (gitlab.job_id_from_variables
+		// is off), whatever they hold.
+		{"variable id", []string{"CUSTOM_ENV_CI_JOB_ID=1/../2"}, []string{"prepare", "bookworm"}, "no job id"},
+		{"variable id digits", []string{"CUSTOM_ENV_CI_JOB_ID=12"}, []string{"prepare", "bookworm"}, "no job id"},
 		{"image path", nil, []string{"prepare", "../bookworm", "--id", "nrt-lc-h"}, "invalid image name"},
 		{"image dot", []string{"CUSTOM_ENV_CI_JOB_IMAGE=registry.example/x/../../etc:.."}, []string{"prepare", "--id", "nrt-lc-h"}, "invalid image name"},
 		{"image hidden", nil, []string{"prepare", ".machines", "--id", "nrt-lc-h"}, "invalid image name"},

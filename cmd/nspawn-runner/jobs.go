@@ -67,6 +67,16 @@ func pickImage(arg, defaultFlag string, cfg *config.Config, images *bootstrap.St
 	return name, gitlab.CheckImage(name, existing, cfg.AllowedImages)
 }
 
+// job is the identity of the job a stage works on: --id (idFlag), else
+// the runner's job payload, else, when the config opts in, job variables.
+func (g *globals) job(idFlag string) (gitlab.Job, error) {
+	job, err := gitlab.JobFromEnv(os.Getenv, gitlab.JobSources{Flag: idFlag, Variables: g.cfg.GitLab.JobIDFromVariables})
+	if errors.Is(err, gitlab.ErrNoJobID) && !g.cfg.GitLab.JobIDFromVariables {
+		return job, fmt.Errorf("%w; with a gitlab-runner too old to set it, gitlab.job_id_from_variables: true in the config takes the id from CUSTOM_ENV_CI_JOB_ID (a job can then reach other jobs' machines: see the README)", err)
+	}
+	return job, err
+}
+
 // registerJobs wires the executor stages and the machine commands.
 func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 	var prep struct {
@@ -80,7 +90,7 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 	c.Flag("mode", "boot or fast (default: machine.mode of the config).").PlaceHolder("MODE").EnumVar(&prep.mode, config.ModeBoot, config.ModeFast)
 	prep.register(c)
 	cmds["prepare"] = &command{stage: true, run: func(ctx context.Context) error {
-		job, err := gitlab.JobFromEnv(os.Getenv, prep.id)
+		job, err := g.job(prep.id)
 		if err != nil {
 			return err
 		}
@@ -111,7 +121,7 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 	c.Arg("args", "[RUN_ARGS...] SCRIPT [STAGE]: gitlab-runner passes the script and the stage last.").Required().StringsVar(&run.args)
 	run.register(c)
 	cmds["run"] = &command{stage: true, run: func(ctx context.Context) error {
-		job, err := gitlab.JobFromEnv(os.Getenv, run.id)
+		job, err := g.job(run.id)
 		if err != nil {
 			return err
 		}
@@ -135,7 +145,7 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 	c.Flag("id", "Job id (harnesses; default: from JOB_RESPONSE_FILE).").PlaceHolder("ID").StringVar(&clean.id)
 	clean.register(c)
 	cmds["cleanup"] = &command{stage: true, run: func(ctx context.Context) error {
-		job, err := gitlab.JobFromEnv(os.Getenv, clean.id)
+		job, err := g.job(clean.id)
 		if err != nil {
 			return err
 		}
