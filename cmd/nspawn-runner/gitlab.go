@@ -17,13 +17,13 @@ import (
 func registerGitLab(app *kingpin.Application, g *globals, cmds commands) {
 	app.Command("gitlab-config", "Executor config stage: print the JSON gitlab-runner expects.")
 	cmds["gitlab-config"] = &command{stage: true, run: func(context.Context) error {
-		return gitlabConfig(os.Stdout, g)
+		return gitlabConfig(g.stdout, g)
 	}}
 
 	toml := app.Command("toml", "Print a [[runners]] section for /etc/gitlab-runner/config.toml.")
 	defaultImage := toml.Flag("default-image", "Image for jobs that name none (passed to prepare).").PlaceHolder("NAME").String()
 	cmds["toml"] = &command{run: func(context.Context) error {
-		return printTOML(os.Stdout, g, *defaultImage)
+		return printTOML(g.stdout, g, *defaultImage)
 	}}
 }
 
@@ -84,7 +84,7 @@ func printTOML(w io.Writer, g *globals, defaultImage string) error {
 	}
 	if defaultImage == "" && g.cfg.DefaultImage == "" {
 		// stdout is the section; the advice goes to stderr.
-		fmt.Fprintln(os.Stderr, "nspawn-runner toml: no --default-image and no default_image in the config: jobs without image: will fail")
+		fmt.Fprintln(g.stderr, "nspawn-runner toml: no --default-image and no default_image in the config: jobs without image: will fail")
 	}
 	_, err = io.WriteString(w, s)
 	return err

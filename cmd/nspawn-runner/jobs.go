@@ -12,10 +12,10 @@ import (
 
 	"github.com/alecthomas/kingpin/v2"
 
-	"github.com/nspawn-runner/nspawn-runner/bootstrap"
 	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/gitlab"
 	"github.com/nspawn-runner/nspawn-runner/machine"
+	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
 // machineFlags are the hidden flags that let tests and harnesses keep
@@ -43,34 +43,10 @@ func (g *globals) manager(f *machineFlags) *machine.Manager {
 	}
 }
 
-// pickImage chooses the job's image: the argument, else the job's image:
-// (mapped as the original tool did), else --default-image, else the
-// configured default; then checks the name, that it exists and that the
-// allowlist lets jobs use it. The error lists the images jobs may use.
-func pickImage(arg, defaultFlag string, cfg *config.Config, images *bootstrap.Store) (string, error) {
-	name := arg
-	for _, n := range []string{gitlab.ImageFromEnv(os.Getenv), defaultFlag, cfg.DefaultImage} {
-		if name == "" {
-			name = n
-		}
-	}
-	if name == "" {
-		return "", errors.New("no image: the job names none (image:), and there is no --default-image or default_image in the config")
-	}
-	if err := config.CheckImageName(name); err != nil {
-		return "", err
-	}
-	existing, err := images.Names()
-	if err != nil {
-		return "", err
-	}
-	return name, gitlab.CheckImage(name, existing, cfg.AllowedImages)
-}
-
 // job is the identity of the job a stage works on: --id (idFlag), else
 // the runner's job payload, else, when the config opts in, job variables.
 func (g *globals) job(idFlag string) (gitlab.Job, error) {
-	job, err := gitlab.JobFromEnv(os.Getenv, gitlab.JobSources{Flag: idFlag, Variables: g.cfg.GitLab.JobIDFromVariables})
+	job, err := gitlab.JobFromEnv(g.getenv, gitlab.JobSources{Flag: idFlag, Variables: g.cfg.GitLab.JobIDFromVariables})
 	if errors.Is(err, gitlab.ErrNoJobID) && !g.cfg.GitLab.JobIDFromVariables {
 		return job, fmt.Errorf("%w; with a gitlab-runner too old to set it, gitlab.job_id_from_variables: true in the config takes the id from CUSTOM_ENV_CI_JOB_ID (a job can then reach other jobs' machines: see the README)", err)
 	}
@@ -94,20 +70,31 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 		if err != nil {
 			return err
 		}
-		image, err := pickImage(prep.image, prep.defaultImage, &g.cfg, g.store())
+		image, err := gitlab.SelectImage(g.getenv, gitlab.ImageChoice{
+			Arg: prep.image, DefaultFlag: prep.defaultImage, Default: g.cfg.DefaultImage, Allowed: g.cfg.AllowedImages,
+			CheckName: config.CheckImageName, Existing: g.store().Names,
+		})
 		if err != nil {
 			return err
 		}
-		binds, path, err := jobMachine(g)
+		plan, err := gitlab.JobMounts(g.getenv, gitlab.MountConfig{
+			CacheRoot: g.cfg.GitLab.CacheDir, BuildsRoot: g.cfg.GitLab.BuildsDir, RunnerBinary: g.cfg.GitLab.RunnerBinary,
+		})
 		if err != nil {
 			return err
 		}
-		m := g.manager(&prep.machineFlags)
-		name, err := m.Prepare(ctx, machine.PrepareRequest{JobID: job.ID, Key: job.Key, Image: image, Mode: prep.mode, Binds: binds, Path: path})
+		for _, n := range plan.Notices {
+			fmt.Fprintln(g.stderr, n)
+		}
+		req := machine.PrepareRequest{JobID: job.ID, Key: job.Key, Image: image, Mode: prep.mode, Path: plan.Path}
+		for _, m := range plan.Mounts {
+			req.Binds = append(req.Binds, nspawn.Bind{Host: m.Host, Machine: m.Machine, ReadOnly: m.ReadOnly})
+		}
+		name, err := g.manager(&prep.machineFlags).Prepare(ctx, req)
 		if err != nil {
 			return err
 		}
-		fmt.Printf("Machine %s is running image %s\n", name, image)
+		fmt.Fprintf(g.stdout, "Machine %s is running image %s\n", name, image)
 		return nil
 	}}
 
@@ -125,11 +112,18 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 		if err != nil {
 			return err
 		}
+		// The script's output goes straight from the processes in the
+		// machine to our own stdout and stderr, unbuffered: files.
+		stdout, ok1 := g.stdout.(*os.File)
+		stderr, ok2 := g.stderr.(*os.File)
+		if !ok1 || !ok2 {
+			return errors.New("standard output and error must be files")
+		}
 		script, stage := run.args[len(run.args)-1], ""
 		if len(run.args) >= 2 {
 			script, stage = run.args[len(run.args)-2], run.args[len(run.args)-1]
 		}
-		err = g.manager(&run.machineFlags).Run(ctx, machine.RunRequest{JobID: job.ID, Key: job.Key, Script: script, Stage: stage})
+		err = g.manager(&run.machineFlags).Run(ctx, machine.RunRequest{JobID: job.ID, Key: job.Key, Script: script, Stage: stage, Stdout: stdout, Stderr: stderr})
 		var ee *machine.ExitError
 		if errors.As(err, &ee) {
 			return &gitlab.BuildFailure{Code: ee.Code}
@@ -162,10 +156,10 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 	cmds["gc"] = &command{run: func(ctx context.Context) error {
 		res, err := g.manager(&gc.machineFlags).GC(ctx, gc.maxAge)
 		for _, n := range res.Machines {
-			fmt.Printf("removed machine %s\n", n)
+			fmt.Fprintf(g.stdout, "removed machine %s\n", n)
 		}
 		for _, t := range res.Images {
-			fmt.Printf("removed retired image tree %s\n", t)
+			fmt.Fprintf(g.stdout, "removed retired image tree %s\n", t)
 		}
 		return err
 	}}
@@ -186,11 +180,11 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 			if list == nil {
 				list = []machine.Status{}
 			}
-			enc := json.NewEncoder(os.Stdout)
+			enc := json.NewEncoder(g.stdout)
 			enc.SetIndent("", "  ")
 			return enc.Encode(list)
 		}
-		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		w := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(w, "MACHINE\tJOB\tIMAGE\tMODE\tSTORAGE\tAGE\tMEMORY\tSTATE")
 		for _, s := range list {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%.1fM\t%s\n", s.Name, s.JobID, s.Image, s.Mode, s.Storage, s.Age, float64(s.Memory)/(1<<20), s.State)

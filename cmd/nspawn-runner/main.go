@@ -19,6 +19,7 @@ import (
 
 	"github.com/alecthomas/kingpin/v2"
 
+	"github.com/nspawn-runner/nspawn-runner/bootstrap"
 	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/gitlab"
 )
@@ -26,13 +27,19 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-// globals are the flags every command shares, and what they load.
+// globals are the flags every command shares, what they load, and the
+// process's environment and standard streams as run was given them:
+// commands use these, never os.Getenv, os.Stdout or os.Stderr, so that
+// tests can drive them in-process.
 type globals struct {
 	verbose    bool
 	debug      bool
 	root       string
 	runDir     string
 	configPath string
+
+	getenv         func(string) string
+	stdout, stderr io.Writer
 
 	cfg config.Config
 	log *slog.Logger
@@ -48,7 +55,7 @@ func (g *globals) load() error {
 	if g.debug {
 		level = slog.LevelDebug
 	}
-	g.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	g.log = slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level}))
 	path, must := config.DefaultPath, false
 	if g.configPath != "" {
 		path, must = g.configPath, true
@@ -70,8 +77,10 @@ func (g *globals) load() error {
 // command is what one kingpin command does once the flags are parsed.
 type command struct {
 	run func(ctx context.Context) error
-	// stage marks the executor stages (prepare, run, cleanup): their
-	// errors map to gitlab-runner's exit codes.
+	// stage marks the executor stages (gitlab-config, prepare, run,
+	// cleanup): all their failures, bad arguments included, map to
+	// gitlab-runner's exit codes. This is the one place that says which
+	// commands are stages.
 	stage bool
 }
 
@@ -97,16 +106,20 @@ func newApp(g *globals) (*kingpin.Application, commands) {
 }
 
 func main() {
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
-// stageNames are the commands whose failures use gitlab-runner's codes,
-// even when their arguments do not parse.
-var stageNames = map[string]bool{"prepare": true, "run": true, "cleanup": true}
+// run runs the command line args with the given environment and standard
+// streams and returns the process's exit status.
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	g := &globals{getenv: getenv, stdout: stdout, stderr: stderr}
+	app, cmds := newApp(g)
+	return execute(app, cmds, g, args)
+}
 
-func run(args []string) int {
-	var g globals
-	app, cmds := newApp(&g)
+// execute parses args with app, runs the command they select and maps the
+// outcome to an exit status.
+func execute(app *kingpin.Application, cmds commands, g *globals, args []string) int {
 	exited, code := false, 0
 	app.Terminate(func(c int) {
 		// kingpin goes on parsing after --help or --version has printed;
@@ -115,14 +128,14 @@ func run(args []string) int {
 		app.UsageWriter(io.Discard)
 		app.ErrorWriter(io.Discard)
 	})
-	app.UsageWriter(os.Stderr)
-	app.ErrorWriter(os.Stderr)
-	exits := gitlab.ExitCodesFromEnv(os.Getenv)
+	app.UsageWriter(g.stderr)
+	app.ErrorWriter(g.stderr)
+	exits := gitlab.ExitCodesFromEnv(g.getenv)
 
 	name, err := app.Parse(args)
 	if exited && code == 0 && errors.Is(err, kingpin.ErrCommandNotSpecified) && !helpAsked(args) {
 		// kingpin printed the usage; no command is an error, not help.
-		fmt.Fprintln(os.Stderr, "nspawn-runner: no command given")
+		fmt.Fprintln(g.stderr, "nspawn-runner: no command given")
 		return 2
 	}
 	if exited {
@@ -130,15 +143,15 @@ func run(args []string) int {
 		return code
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "nspawn-runner: %v (see nspawn-runner --help)\n", err)
-		if firstCommand(args) != "" && stageNames[firstCommand(args)] {
+		fmt.Fprintf(g.stderr, "nspawn-runner: %v (see nspawn-runner --help)\n", err)
+		if cmd := cmds[selected(app, args)]; cmd != nil && cmd.stage {
 			return exits.SystemFailure
 		}
 		return 2
 	}
 	cmd := cmds[name]
 	if cmd == nil {
-		fmt.Fprintf(os.Stderr, "nspawn-runner: %s is not available in this build\n", name)
+		fmt.Fprintf(g.stderr, "nspawn-runner: %s is not available in this build\n", name)
 		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -147,35 +160,55 @@ func run(args []string) int {
 	if err == nil {
 		err = cmd.run(ctx)
 	}
-	if cmd.stage {
+	return exitStatus(g.stderr, name, cmd.stage, exits, err)
+}
+
+// selected is the command args name even when they do not parse (a bad
+// flag, a missing argument): kingpin's own parse, which knows which global
+// flags take a value, so "--config FILE prepare --bogus" selects prepare.
+func selected(app *kingpin.Application, args []string) string {
+	pc, _ := app.ParseContext(args)
+	if pc == nil || pc.SelectedCommand == nil {
+		return ""
+	}
+	return pc.SelectedCommand.FullCommand()
+}
+
+// exitStatus maps a command's outcome to the exit status and prints its
+// error, if any, as one line on stderr. Stages exit as gitlab-runner
+// expects. Other commands exit 1, or 2 for a command line that cannot be
+// run, except chroot-login NAME -- CMD, whose CMD's own status becomes
+// ours (*bootstrap.ExitError, made only by the login): CMD said why itself.
+// Any other child's status is a detail of the error, never our exit
+// status: a failed ansible-playbook exits 2, which is our usage error.
+func exitStatus(stderr io.Writer, name string, stage bool, exits gitlab.ExitCodes, err error) int {
+	if stage {
 		c, err := exits.Exit(err)
 		if err != nil {
-			report(name, err)
+			report(stderr, name, err)
 		}
 		return c
 	}
-	var coded interface{ ExitCode() int }
-	if errors.As(err, &coded) {
-		// A command run on the user's behalf (chroot-login NAME -- CMD)
-		// failed: its status is ours, and it said why itself.
-		return coded.ExitCode()
+	if err == nil {
+		return 0
 	}
-	if err != nil {
-		report(name, err)
-		var ue usageError
-		if errors.As(err, &ue) {
-			return 2
-		}
-		return 1
+	var login *bootstrap.ExitError
+	if errors.As(err, &login) {
+		return login.Code
 	}
-	return 0
+	report(stderr, name, err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
 }
 
 // report prints a command's error as one line on stderr. Domain errors
 // often start with the operation ("run: machine ..."), which is the
 // command's name here: say it once.
-func report(name string, err error) {
-	fmt.Fprintf(os.Stderr, "nspawn-runner %s: %s\n", name, strings.TrimPrefix(err.Error(), name+": "))
+func report(stderr io.Writer, name string, err error) {
+	fmt.Fprintf(stderr, "nspawn-runner %s: %s\n", name, strings.TrimPrefix(err.Error(), name+": "))
 }
 
 // helpAsked reports whether the user asked for help or the version.
@@ -187,16 +220,6 @@ func helpAsked(args []string) bool {
 		}
 	}
 	return false
-}
-
-// firstCommand is the first argument that is not a flag.
-func firstCommand(args []string) string {
-	for _, a := range args {
-		if len(a) > 0 && a[0] != '-' {
-			return a
-		}
-	}
-	return ""
 }
 
 // usageError is a command line that cannot be run: exit code 2.

@@ -1,10 +1,48 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"github.com/nspawn-runner/nspawn-runner/bootstrap"
 )
+
+// host is a temporary configuration, image root and run directory, so
+// that no test reads or writes the real ones.
+type host struct {
+	config, root, runDir string
+	// global are the global flags naming them, as toml writes them.
+	global []string
+}
+
+func newHost(t *testing.T, config string) host {
+	t.Helper()
+	dir := t.TempDir()
+	h := host{config: filepath.Join(dir, "nspawn-runner.yaml"), root: filepath.Join(dir, "root"), runDir: filepath.Join(dir, "run")}
+	if err := os.WriteFile(h.config, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.global = []string{"--config", h.config, "--root", h.root, "--run-dir", h.runDir}
+	return h
+}
+
+// call runs the command line in-process with env as its whole environment.
+func call(env map[string]string, args ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = run(args, func(k string) string { return env[k] }, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// gitlabEnv is what gitlab-runner sets for every stage, with exit codes
+// that tell ours (2 for a usage error) from its.
+var gitlabEnv = map[string]string{"SYSTEM_FAILURE_EXIT_CODE": "7", "BUILD_FAILURE_EXIT_CODE": "6"}
 
 // The exit codes of the command line itself, before any command runs.
 func TestRunExitCodes(t *testing.T) {
@@ -13,8 +51,6 @@ func TestRunExitCodes(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("machine:\n  mode: turbo\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("SYSTEM_FAILURE_EXIT_CODE", "7")
-	t.Setenv("BUILD_FAILURE_EXIT_CODE", "6")
 	for _, tc := range []struct {
 		args []string
 		want int
@@ -32,9 +68,132 @@ func TestRunExitCodes(t *testing.T) {
 		{[]string{"run", "--no-such-flag"}, 7},
 		{[]string{"--config", bad, "prepare"}, 7},
 		{[]string{"--config", bad, "cleanup"}, 7},
+		{[]string{"--config", bad, "gitlab-config"}, 7},
 	} {
-		if got := run(tc.args); got != tc.want {
+		if got, _, _ := call(gitlabEnv, tc.args...); got != tc.want {
 			t.Errorf("run(%q) = %d, want %d", tc.args, got, tc.want)
 		}
+	}
+}
+
+// A stage whose arguments do not parse is a system failure, also when
+// global flags with values come first, as toml writes them: the value of
+// --config is not the command.
+func TestStageArgsAfterGlobalFlags(t *testing.T) {
+	h := newHost(t, "")
+	g := &globals{}
+	app, cmds := newApp(g)
+	var valued []string
+	for _, f := range app.Model().Flags {
+		if !f.IsBoolFlag() {
+			valued = append(valued, "--"+f.Name)
+		}
+	}
+	if len(valued) < 3 {
+		t.Fatalf("global flags with a value: %q; want at least --config, --root, --run-dir", valued)
+	}
+	for name, c := range cmds {
+		if !c.stage {
+			continue
+		}
+		for _, flag := range valued {
+			for _, global := range [][]string{{flag, h.root}, {flag + "=" + h.root}, append([]string{flag, h.root}, h.global...)} {
+				args := append(append([]string{}, global...), name, "--no-such-flag")
+				if code, _, errOut := call(gitlabEnv, args...); code != 7 || !strings.Contains(errOut, "no-such-flag") {
+					t.Errorf("run(%q) = %d, %q; want 7 and the bad flag named", args, code, errOut)
+				}
+			}
+		}
+	}
+	// Missing arguments, too.
+	if code, _, _ := call(gitlabEnv, append(h.global, "run")...); code != 7 {
+		t.Errorf("run without a script = %d, want 7", code)
+	}
+	// A flag's value that happens to be a stage's name is still a value:
+	// chroot-list's bad flag is a usage error.
+	for _, flag := range valued {
+		args := []string{flag, "prepare", "chroot-list", "--no-such-flag"}
+		if code, _, _ := call(gitlabEnv, args...); code != 2 {
+			t.Errorf("run(%q) = %d, want 2", args, code)
+		}
+	}
+}
+
+// Only chroot-login NAME -- CMD passes a child's status on. A failed
+// child of any other command (ansible-playbook exits 2, our usage-error
+// code) is an error of ours: exit 1 and one line saying what failed.
+func TestChildStatusIsNotOurs(t *testing.T) {
+	child := exec.Command("sh", "-c", "exit 2").Run()
+	var ee *exec.ExitError
+	if !errors.As(child, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("sh -c 'exit 2' = %v", child)
+	}
+	h := newHost(t, "")
+	for _, tc := range []struct {
+		name   string
+		err    error
+		code   int
+		stderr string
+	}{
+		{"chroot-maintenance", fmt.Errorf("playbook /etc/nspawn-runner/x.yaml: ansible-playbook: %w", child), 1,
+			"nspawn-runner chroot-maintenance: playbook /etc/nspawn-runner/x.yaml: ansible-playbook: exit status 2\n"},
+		{"chroot-create", fmt.Errorf("debootstrap bookworm: %w", child), 1, "nspawn-runner chroot-create: debootstrap bookworm: exit status 2\n"},
+		{"chroot-login", &bootstrap.ExitError{Code: 42}, 42, ""},
+		{"chroot-login", fmt.Errorf("login to x: %w", child), 1, "nspawn-runner chroot-login: login to x: exit status 2\n"},
+	} {
+		var out, errb bytes.Buffer
+		g := &globals{getenv: func(string) string { return "" }, stdout: &out, stderr: &errb}
+		app, cmds := newApp(g)
+		// The command's own wiring is replaced by one that fails as told.
+		err := tc.err
+		cmds[tc.name] = &command{run: func(context.Context) error { return err }}
+		args := append(append([]string{}, h.global...), tc.name, "x")
+		if code := execute(app, cmds, g, args); code != tc.code || errb.String() != tc.stderr {
+			t.Errorf("%s failing with %v: exit %d, stderr %q; want %d, %q", tc.name, tc.err, code, errb.String(), tc.code, tc.stderr)
+		}
+	}
+}
+
+// Job variables never name the job's machine unless the configuration
+// opts in: a job can set CI_JOB_ID to another job's id.
+func TestJobIDFromVariables(t *testing.T) {
+	vars := map[string]string{"CUSTOM_ENV_CI_JOB_ID": "4711", "CUSTOM_ENV_CI_SERVER_URL": "https://gitlab.example.com"}
+	for k, v := range gitlabEnv {
+		vars[k] = v
+	}
+	def := newHost(t, "")
+	optIn := newHost(t, "gitlab:\n  job_id_from_variables: true\n")
+	for _, stage := range [][]string{{"prepare", "bookworm"}, {"run", "script", "build_script"}, {"cleanup"}} {
+		args := append(append([]string{}, def.global...), stage...)
+		code, _, errOut := call(vars, args...)
+		if code != 7 || !strings.Contains(errOut, "nspawn-runner "+stage[0]+": no job id") || !strings.Contains(errOut, "gitlab.job_id_from_variables") ||
+			strings.Count(errOut, "\n") != 1 {
+			t.Errorf("%s without payload or --id: exit %d, stderr %q; want 7 and one line saying why", stage[0], code, errOut)
+		}
+	}
+	// Opted in, the id is taken: prepare goes on to the image, which this
+	// empty root does not have.
+	code, _, errOut := call(vars, append(optIn.global, "prepare", "bookworm")...)
+	if code != 7 || !strings.Contains(errOut, `image "bookworm" does not exist`) {
+		t.Errorf("prepare with job_id_from_variables: exit %d, stderr %q; want the image refused", code, errOut)
+	}
+	code, _, errOut = call(gitlabEnv, append(optIn.global, "prepare", "bookworm")...)
+	if code != 7 || !strings.Contains(errOut, "no job id: JOB_RESPONSE_FILE, --id and CUSTOM_ENV_CI_JOB_ID are all missing") {
+		t.Errorf("prepare with job_id_from_variables and no id at all: exit %d, stderr %q", code, errOut)
+	}
+	// A harness's --id needs no payload.
+	code, _, errOut = call(gitlabEnv, append(def.global, "prepare", "bookworm", "--id", "harness-1")...)
+	if code != 7 || !strings.Contains(errOut, `image "bookworm" does not exist`) {
+		t.Errorf("prepare --id: exit %d, stderr %q; want the image refused", code, errOut)
+	}
+}
+
+// gitlab-config writes its JSON, and nothing else, to the stdout run is
+// given.
+func TestGitLabConfigStdout(t *testing.T) {
+	h := newHost(t, "")
+	code, out, errOut := call(gitlabEnv, append(h.global, "gitlab-config")...)
+	if code != 0 || !strings.HasPrefix(out, "{") || !strings.Contains(out, `"builds_dir":"/builds"`) || errOut != "" {
+		t.Errorf("gitlab-config: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 }
