@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -21,10 +22,24 @@ func registerGitLab(app *kingpin.Application, g *globals, cmds commands) {
 	}}
 
 	toml := app.Command("toml", "Print a [[runners]] section for /etc/gitlab-runner/config.toml.")
+	image := toml.Arg("image", "Image for jobs that name none, as the original nspawn-runner's toml NAME; the runner is named after it (same as --default-image).").String()
 	defaultImage := toml.Flag("default-image", "Image for jobs that name none (passed to prepare).").PlaceHolder("NAME").String()
 	cmds["toml"] = &command{run: func(context.Context) error {
-		return printTOML(g.stdout, g, *defaultImage)
+		def, err := tomlImage(*image, *defaultImage)
+		if err != nil {
+			return err
+		}
+		return printTOML(g.stdout, g, def)
 	}}
+}
+
+// tomlImage is the default image given to toml, as the argument or as
+// --default-image (or both, when they agree).
+func tomlImage(arg, flag string) (string, error) {
+	if arg != "" && flag != "" && arg != flag {
+		return "", usageError{fmt.Errorf("two default images, %s and --default-image %s: give one", arg, flag)}
+	}
+	return cmp.Or(arg, flag), nil
 }
 
 // gitlabConfig prints the config stage's JSON, and nothing else, on w:
@@ -48,7 +63,7 @@ func gitlabConfig(w io.Writer, g *globals) error {
 func printTOML(w io.Writer, g *globals, defaultImage string) error {
 	if defaultImage != "" {
 		if err := config.CheckImageName(defaultImage); err != nil {
-			return usageError{fmt.Errorf("--default-image: %w", err)}
+			return usageError{fmt.Errorf("default image: %w", err)}
 		}
 	}
 	exe, err := os.Executable()
@@ -73,8 +88,14 @@ func printTOML(w io.Writer, g *globals, defaultImage string) error {
 	if err != nil {
 		return fmt.Errorf("hostname: %w", err)
 	}
+	// A runner per image, as the original tool's `toml NAME` suggested,
+	// gets a name telling them apart in GitLab's runner list.
+	name := "nspawn-runner on " + host
+	if defaultImage != "" {
+		name = "nspawn-runner-" + defaultImage + " on " + host
+	}
 	s, err := gitlab.RunnerSection{
-		Name:         "nspawn-runner on " + host,
+		Name:         name,
 		Executable:   exe,
 		GlobalArgs:   global,
 		DefaultImage: defaultImage,

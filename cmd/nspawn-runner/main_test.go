@@ -188,6 +188,42 @@ func TestJobIDFromVariables(t *testing.T) {
 	}
 }
 
+// toml NAME, as the original tool took it, is the default image and names
+// the runner.
+func TestTOMLImage(t *testing.T) {
+	h := newHost(t, "")
+	host, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"toml", "buster"}, {"toml", "--default-image", "buster"}, {"toml", "buster", "--default-image", "buster"}} {
+		code, out, errOut := call(nil, append(h.global, args...)...)
+		if code != 0 {
+			t.Fatalf("run(%q) = %d: %s", args, code, errOut)
+		}
+		for _, want := range []string{
+			`name = "nspawn-runner-buster on ` + host + `"`,
+			`prepare_args = ["--config", "` + h.config + `", "--root", "` + h.root + `", "--run-dir", "` + h.runDir + `", "prepare", "--default-image", "buster"]`,
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("run(%q) lacks %s:\n%s", args, want, out)
+			}
+		}
+		if errOut != "" {
+			t.Errorf("run(%q) warned: %s", args, errOut)
+		}
+	}
+	code, out, errOut := call(nil, append(h.global, "toml")...)
+	if code != 0 || !strings.Contains(out, `name = "nspawn-runner on `+host+`"`) || !strings.Contains(out, `"prepare"]`) || !strings.Contains(errOut, "no --default-image") {
+		t.Errorf("toml without an image: exit %d\n%s\n%s", code, out, errOut)
+	}
+	for _, args := range [][]string{{"toml", "buster", "--default-image", "sid"}, {"toml", "../etc"}, {"toml", "buster", "sid"}} {
+		if code, out, _ := call(nil, append(h.global, args...)...); code != 2 || out != "" {
+			t.Errorf("run(%q) = %d, stdout %q; want 2 and nothing printed", args, code, out)
+		}
+	}
+}
+
 // gitlab-config writes its JSON, and nothing else, to the stdout run is
 // given.
 func TestGitLabConfigStdout(t *testing.T) {
