@@ -400,6 +400,7 @@ func TestLifecycleBtrfs(t *testing.T) {
 		j.must("cleanup")
 	})
 	t.Run("dead machine", func(t *testing.T) { lcDeadMachine(t, h) })
+	t.Run("gc after reboot", func(t *testing.T) { lcAfterReboot(t, h) })
 	t.Run("sigterm during run", func(t *testing.T) { lcSigterm(t, h) })
 	t.Run("sigkill", func(t *testing.T) { lcSigkill(t, h) })
 	t.Run("concurrent", func(t *testing.T) { lcConcurrent(t, h, "boot") })
@@ -479,6 +480,32 @@ func lcDeadMachine(t *testing.T, h *lcHost) {
 	}
 	if r := h.exec(context.Background(), nil, "", "gc"); r.code != 0 {
 		t.Fatalf("gc: %d %s", r.code, r.stderr)
+	}
+	h.assertClean(t)
+}
+
+// lcAfterReboot: a reboot ends every machine and empties the run
+// directory (a tmpfs) while the machines' storage stays under
+// ROOT/.machines: gc removes it (issue 13, bug 3).
+func lcAfterReboot(t *testing.T, h *lcHost) {
+	j := h.newJob()
+	j.must("prepare", "bookworm", "--mode", "fast")
+	rec := h.recordOf(j)
+	syscall.Kill(num(rec["nspawn_pid"]), syscall.SIGKILL)
+	syscall.Kill(num(rec["leader_pid"]), syscall.SIGKILL)
+	waitGone(t, num(rec["nspawn_pid"]))
+	waitGone(t, num(rec["leader_pid"]))
+	if err := mount.UnmountAll(h.runDir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(h.runDir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(h.root, ".machines", rec["name"].(string))); err != nil {
+		t.Fatalf("the machine's storage is not there to test with: %v", err)
+	}
+	if r := h.exec(context.Background(), nil, "", "gc"); r.code != 0 || !strings.Contains(r.stdout, "removed machine "+rec["name"].(string)) {
+		t.Fatalf("gc after a reboot: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
 	}
 	h.assertClean(t)
 }

@@ -35,7 +35,7 @@ func (m *Manager) GC(ctx context.Context, maxAge time.Duration) (GCResult, error
 	now := time.Now()
 	for _, name := range names {
 		l := m.layout(name)
-		lk, err := lock(ctx, l.Lock, false)
+		lk, err := m.lockMachine(ctx, l, false)
 		if errors.Is(err, errBusy) {
 			continue
 		}

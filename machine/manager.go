@@ -129,10 +129,7 @@ func (m *Manager) Prepare(ctx context.Context, req PrepareRequest) (name string,
 		return "", err
 	}
 	l := m.layout(name)
-	if err := os.MkdirAll(filepath.Dir(l.Record), 0o700); err != nil {
-		return "", fmt.Errorf("prepare %s: %w", name, err)
-	}
-	lk, err := lock(ctx, l.Lock, true)
+	lk, err := m.lockMachine(ctx, l, true)
 	if err != nil {
 		return "", fmt.Errorf("prepare %s: %w", name, err)
 	}
@@ -378,6 +375,16 @@ func (m *Manager) exists(l Layout) bool {
 	return false
 }
 
+// lockMachine takes machine l's lock (see lock), creating the directory
+// of lock files first: the run directory is a tmpfs, so after a reboot it
+// is empty while ROOT/.machines still holds what machines left.
+func (m *Manager) lockMachine(ctx context.Context, l Layout, wait bool) (*machineLock, error) {
+	if err := os.MkdirAll(filepath.Dir(l.Lock), 0o700); err != nil {
+		return nil, fmt.Errorf("lock %s: %w", l.Lock, err)
+	}
+	return lock(ctx, l.Lock, wait)
+}
+
 // Cleanup stops and removes the job's machine. It works from the name and
 // removes whatever exists; nothing to remove is not an error. It uses its
 // own time budget: a cancelled ctx still cleans up.
@@ -400,10 +407,7 @@ func (m *Manager) CleanupName(ctx context.Context, name string) error {
 	if !m.exists(l) && !m.cgroupExists(l) {
 		return nil
 	}
-	if err := os.MkdirAll(filepath.Dir(l.Lock), 0o700); err != nil {
-		return fmt.Errorf("cleanup %s: %w", name, err)
-	}
-	lk, err := lock(ctx, l.Lock, true)
+	lk, err := m.lockMachine(ctx, l, true)
 	if err != nil {
 		return fmt.Errorf("cleanup %s: %w", name, err)
 	}
