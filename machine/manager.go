@@ -224,7 +224,7 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 	}
 	defer logf.Close()
 	m.log().Debug("starting systemd-nspawn", "machine", l.Name, "args", nspawn.Args(spec))
-	p, err := nspawn.Start(nspawn.StartOptions{Binary: m.Nspawn, Args: nspawn.Args(spec), Env: env, Log: logf, CgroupFD: cgFD})
+	p, err := nspawn.Start(nspawn.StartOptions{Binary: m.Nspawn, Args: nspawn.Args(spec), Env: env, Log: logf, CgroupFD: cgFD, NotifyDir: m.RunDir})
 	if err != nil {
 		return err
 	}

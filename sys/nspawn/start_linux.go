@@ -3,8 +3,6 @@ package nspawn
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -66,6 +64,10 @@ type StartOptions struct {
 	// (clone3 CLONE_INTO_CGROUP), so that nothing of the machine ever runs
 	// in our own cgroup.
 	CgroupFD int
+	// NotifyDir is where the private directory of the notification socket
+	// is made (e.g. the run directory); empty, or too long for a socket
+	// path, means os.TempDir().
+	NotifyDir string
 }
 
 // Process is a started systemd-nspawn, detached into its own session: it
@@ -73,14 +75,16 @@ type StartOptions struct {
 type Process struct {
 	PID    int
 	cmd    *exec.Cmd
-	sock   *net.UnixConn
+	sock   *notifySocket
 	exited chan struct{}
 	state  *os.ProcessState
 	log    *os.File
 }
 
-// Start starts systemd-nspawn with its own notification socket (an
-// abstract unix datagram socket named for this start; NOTIFY_SOCKET).
+// Start starts systemd-nspawn with its own notification socket
+// (NOTIFY_SOCKET): a path socket in a new 0700 directory, which only
+// datagrams from this systemd-nspawn are read from (see WaitReady).
+// Release closes and removes it.
 func Start(o StartOptions) (*Process, error) {
 	bin := o.Binary
 	if bin == "" {
@@ -90,17 +94,12 @@ func Start(o StartOptions) (*Process, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start systemd-nspawn: %w", err)
 	}
-	var rnd [8]byte
-	_, _ = rand.Read(rnd[:])
-	// Abstract: nothing to clean up on disk, and no sun_path length limit
-	// from a long run directory.
-	name := "@nspawn-runner/notify/" + hex.EncodeToString(rnd[:])
-	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: name, Net: "unixgram"})
+	sock, err := listenNotify(o.NotifyDir)
 	if err != nil {
-		return nil, fmt.Errorf("notify socket: %w", err)
+		return nil, err
 	}
 	cmd := exec.Command(path, o.Args...)
-	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "NOTIFY_SOCKET=" + name}, o.Env...)
+	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "NOTIFY_SOCKET=" + sock.path}, o.Env...)
 	cmd.Stdout, cmd.Stderr = o.Log, o.Log
 	cmd.Dir = "/"
 	// Setsid: no controlling terminal, and not in the process group that
@@ -111,7 +110,7 @@ func Start(o StartOptions) (*Process, error) {
 		cmd.SysProcAttr.CgroupFD = o.CgroupFD
 	}
 	if err := cmd.Start(); err != nil {
-		sock.Close()
+		sock.close()
 		return nil, fmt.Errorf("start %s: %w", path, err)
 	}
 	p := &Process{PID: cmd.Process.Pid, cmd: cmd, sock: sock, exited: make(chan struct{}), log: o.Log}
@@ -127,21 +126,29 @@ func Start(o StartOptions) (*Process, error) {
 var ErrExited = errors.New("systemd-nspawn exited")
 
 // WaitReady waits for the leader pid and, when ready is true, for READY=1.
-// It returns the leader pid. On ctx's end or an early exit the error says
-// so with nspawn's last status and the tail of its log.
+// It returns the leader pid. Only datagrams whose sender the kernel
+// reports as this systemd-nspawn (or a process below it) running as our
+// uid are read, and an announced leader pid is taken only when it is a
+// process below this systemd-nspawn: anything else is ignored (and
+// counted in a timeout's error). On ctx's end or an early exit the error
+// says so with nspawn's last status and the tail of its log.
 func (p *Process) WaitReady(ctx context.Context, ready bool) (int, error) {
+	return p.waitReady(ctx, ready, os.Geteuid(), procParent)
+}
+
+func (p *Process) waitReady(ctx context.Context, ready bool, uid int, parent parentFunc) (int, error) {
 	type msg struct {
-		n   Notification
+		d   datagram
 		err error
 	}
 	msgs := make(chan msg, 16)
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
-		buf := make([]byte, 4096)
 		for {
-			_ = p.sock.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-			n, _, err := p.sock.ReadFromUnix(buf)
+			buf, oob := make([]byte, 4096), make([]byte, 4096)
+			_ = p.sock.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			d, err := p.sock.read(buf, oob)
 			select {
 			case <-stop:
 				return
@@ -152,26 +159,43 @@ func (p *Process) WaitReady(ctx context.Context, ready bool) (int, error) {
 				if errors.As(err, &ne) && ne.Timeout() {
 					continue
 				}
-				msgs <- msg{err: err}
+				select {
+				case msgs <- msg{err: err}:
+				case <-stop:
+				}
 				return
 			}
-			msgs <- msg{n: ParseNotify(buf[:n])}
+			select {
+			case msgs <- msg{d: d}:
+			case <-stop:
+				return
+			}
 		}
 	}()
 	leader, status, isReady := 0, "", false
+	ignored, lastIgnored := 0, ""
 	for {
 		select {
 		case m := <-msgs:
 			if m.err != nil {
 				return 0, fmt.Errorf("notify socket: %w", m.err)
 			}
-			if m.n.LeaderPID > 0 {
-				leader = m.n.LeaderPID
+			if err := checkSender(m.d.cred, uid, p.PID, parent); err != nil {
+				ignored, lastIgnored = ignored+1, err.Error()
+				continue
 			}
-			if m.n.Status != "" {
-				status = m.n.Status
+			n := ParseNotify(m.d.data)
+			if n.LeaderPID > 0 {
+				if err := checkLeader(n.LeaderPID, p.PID, parent); err != nil {
+					ignored, lastIgnored = ignored+1, err.Error()
+					continue
+				}
+				leader = n.LeaderPID
 			}
-			isReady = isReady || m.n.Ready
+			if n.Status != "" {
+				status = n.Status
+			}
+			isReady = isReady || n.Ready
 			if leader > 0 && (isReady || !ready) {
 				return leader, nil
 			}
@@ -182,7 +206,11 @@ func (p *Process) WaitReady(ctx context.Context, ready bool) (int, error) {
 			if leader == 0 {
 				what = "the leader pid"
 			}
-			return 0, fmt.Errorf("waiting for %s from systemd-nspawn (last status %q): %w%s", what, status, ctx.Err(), p.logTail())
+			why := ""
+			if ignored > 0 {
+				why = fmt.Sprintf("; ignored %d notifications, the last: %s", ignored, lastIgnored)
+			}
+			return 0, fmt.Errorf("waiting for %s from systemd-nspawn (last status %q%s): %w%s", what, status, why, ctx.Err(), p.logTail())
 		}
 	}
 }
@@ -190,11 +218,11 @@ func (p *Process) WaitReady(ctx context.Context, ready bool) (int, error) {
 // Exited is closed when systemd-nspawn exits (while this process lives).
 func (p *Process) Exited() <-chan struct{} { return p.exited }
 
-// Release closes our end of the notification socket. systemd-nspawn keeps
-// running; notifications it sends later (STOPPING=1 at shutdown) are
-// dropped.
+// Release closes our end of the notification socket and removes it.
+// systemd-nspawn keeps running; notifications it sends later (STOPPING=1
+// at shutdown) are dropped.
 func (p *Process) Release() {
-	p.sock.Close()
+	p.sock.close()
 }
 
 func (p *Process) logTail() string {
