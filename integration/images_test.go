@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -147,21 +146,6 @@ func imKillAndUnmount(t *testing.T, dir string) {
 	}
 }
 
-// imBuild builds nspawn-runner into a temporary directory.
-func imBuild(t *testing.T) string {
-	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	bin := filepath.Join(t.TempDir(), "nspawn-runner")
-	cmd := exec.Command(goBin, "build", "-o", bin, "github.com/nspawn-runner/nspawn-runner/cmd/nspawn-runner")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // startCreate starts chroot-create and returns it with a channel that gets
 // each line of its stderr.
 func (h *imHost) startCreate(t *testing.T, name string) (*exec.Cmd, <-chan string) {
@@ -217,7 +201,7 @@ func TestImagesDoneWhen(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireBinary(t, "debootstrap")
 	testutil.RequireBinary(t, "systemd-nspawn")
-	h := newIMHost(t, imBuild(t))
+	h := newIMHost(t, binary(t))
 
 	// Killed while debootstrap unpacks in the target, with /proc and /sys
 	// mounted there: the worst moment to die.
@@ -301,7 +285,7 @@ func TestImagesDoneWhen(t *testing.T) {
 
 func TestImagesCLI(t *testing.T) {
 	testutil.RequireRoot(t)
-	bin := imBuild(t)
+	bin := binary(t)
 
 	// SIGTERM (gitlab-runner's and systemd's way to stop) ends a create
 	// and removes its workspace before the process exits.
