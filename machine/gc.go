@@ -54,7 +54,7 @@ func (m *Manager) GC(ctx context.Context, maxAge time.Duration) (GCResult, error
 		} else {
 			m.log().Info("removing what a machine that is gone left behind", "machine", name)
 		}
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.Config.StopTimeout.D()+60*time.Second)
+		dctx, cancel := m.destroyContext(ctx)
 		err = m.destroy(dctx, l)
 		cancel()
 		if err != nil {

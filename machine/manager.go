@@ -61,6 +61,9 @@ type Manager struct {
 	// reads it from sysinfo(2).
 	HostMemory uint64
 
+	// destroyGrace overrides the package's destroyGrace (tests).
+	destroyGrace time.Duration
+
 	once sync.Once
 	cg   cgroup.Hierarchy
 	cgOK error
@@ -137,13 +140,16 @@ func (m *Manager) Prepare(ctx context.Context, req PrepareRequest) (name string,
 	defer func() { lk.release(removed) }()
 	if m.exists(l) {
 		m.log().Info("removing what an earlier prepare of this job left", "machine", name)
-		if err := m.destroy(context.WithoutCancel(ctx), l); err != nil {
+		dctx, cancel := m.destroyContext(ctx)
+		err := m.destroy(dctx, l)
+		cancel()
+		if err != nil {
 			return "", fmt.Errorf("prepare %s: remove earlier machine: %w", name, err)
 		}
 	}
 	defer func() {
 		if err != nil {
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.Config.StopTimeout.D()+30*time.Second)
+			cctx, cancel := m.destroyContext(ctx)
 			defer cancel()
 			if cerr := m.destroy(cctx, l); cerr != nil {
 				m.log().Error("tearing down the failed machine", "machine", name, "err", cerr)
@@ -401,7 +407,7 @@ func (m *Manager) CleanupName(ctx context.Context, name string) error {
 	if err := CheckName(name); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.Config.StopTimeout.D()+60*time.Second)
+	ctx, cancel := m.destroyContext(ctx)
 	defer cancel()
 	l := m.layout(name)
 	if !m.exists(l) && !m.cgroupExists(l) {
@@ -422,6 +428,23 @@ func (m *Manager) CleanupName(ctx context.Context, name string) error {
 func (m *Manager) cgroupExists(l Layout) bool {
 	h, err := m.cgroups()
 	return err == nil && h.Exists(l.Cgroup)
+}
+
+// destroyGrace is what destroy gets beyond the graceful stop timeout to
+// kill what is left and remove the storage.
+const destroyGrace = 60 * time.Second
+
+// destroyContext is the time budget of one destroy: it outlives ctx (a
+// cancelled job still releases its machine) but is bounded, so that a
+// process that will not die (stuck in the kernel, frozen) ends the
+// destroy with an error and gc retries later, instead of blocking the
+// prepare, cleanup or gc forever.
+func (m *Manager) destroyContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	grace := m.destroyGrace
+	if grace == 0 {
+		grace = destroyGrace
+	}
+	return context.WithTimeout(context.WithoutCancel(ctx), m.Config.StopTimeout.D()+grace)
 }
 
 // destroy stops machine l and removes everything of it but its lock file.
