@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -103,6 +104,98 @@ type Machine struct {
 	// CgroupParent is the cgroup, relative to the cgroup v2 root, under
 	// which each machine gets its own (hosts without systemd).
 	CgroupParent string `yaml:"cgroup_parent"`
+
+	// Network is private (a namespace of its own behind a bridge, NAT
+	// and our nftables rules), host (the host's network, as before) or
+	// none (loopback only).
+	Network string `yaml:"network"`
+	// Bridge is the host bridge of private machines, made on demand.
+	Bridge string `yaml:"bridge"`
+	// Subnet is the private machines' IPv4 subnet; its first address is
+	// the bridge's (the machines' gateway).
+	Subnet string `yaml:"subnet"`
+	// AllowNetworks are CIDRs private machines may reach even on the
+	// host itself (GitLab, a cache server); DenyNetworks are CIDRs they
+	// may not reach (allow wins).
+	AllowNetworks []string `yaml:"allow_networks"`
+	DenyNetworks  []string `yaml:"deny_networks"`
+	// DNS are the resolvers private machines use; empty means the host's,
+	// or the upstream servers of a local stub resolver.
+	DNS []string `yaml:"dns"`
+}
+
+// Network modes.
+const (
+	NetworkPrivate = "private"
+	NetworkHost    = "host"
+	NetworkNone    = "none"
+)
+
+// Network defaults. 10.213.0.0/20 (4093 machines) is an arbitrary block
+// of RFC 1918 space away from the ones tools and home routers default to
+// (docker 172.17/16, libvirt 192.168.122/24, 10.0.0/24, 192.168.0-1/24).
+const (
+	DefaultBridge = "nr-br0"
+	DefaultSubnet = "10.213.0.0/20"
+)
+
+// ParseSubnet reads a machines' subnet: IPv4 CIDR without host bits, room
+// for the bridge and at least one machine (/30 at most).
+func ParseSubnet(v string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(v)
+	if err != nil || !p.Addr().Is4() {
+		return netip.Prefix{}, fmt.Errorf("want an IPv4 CIDR like %s, got %q", DefaultSubnet, v)
+	}
+	if p.Masked() != p {
+		return netip.Prefix{}, fmt.Errorf("%s has host bits set: did you mean %s?", v, p.Masked())
+	}
+	if p.Bits() > 30 {
+		return netip.Prefix{}, fmt.Errorf("%s is too small: /30 at most (the bridge and one machine)", v)
+	}
+	return p, nil
+}
+
+// ParseNetworks reads a list of IPv4 CIDRs; a bare address is a /32.
+func ParseNetworks(vs []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, v := range vs {
+		if a, err := netip.ParseAddr(v); err == nil && a.Is4() {
+			out = append(out, netip.PrefixFrom(a, 32))
+			continue
+		}
+		p, err := netip.ParsePrefix(v)
+		if err != nil || !p.Addr().Is4() {
+			return nil, fmt.Errorf("want IPv4 CIDRs like 192.0.2.0/24, got %q", v)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// ParseDNS reads resolver addresses (IPv4).
+func ParseDNS(vs []string) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, v := range vs {
+		a, err := netip.ParseAddr(v)
+		if err != nil || !a.Is4() {
+			return nil, fmt.Errorf("want IPv4 addresses like 192.0.2.53, got %q", v)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// CheckBridgeName accepts a Linux interface name for the bridge.
+func CheckBridgeName(n string) error {
+	if n == "" || len(n) > 15 || n == "." || n == ".." {
+		return fmt.Errorf("want an interface name of 1 to 15 characters, got %q", n)
+	}
+	for _, c := range n {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return fmt.Errorf("want letters, digits, '-', '_' or '.' in an interface name, got %q", n)
+		}
+	}
+	return nil
 }
 
 // GitLab configures the GitLab integration.
@@ -140,6 +233,9 @@ func Default() Config {
 			ReadyTimeout: Duration(60 * time.Second),
 			StopTimeout:  Duration(10 * time.Second),
 			CgroupParent: DefaultCgroupParent,
+			Network:      NetworkHost,
+			Bridge:       DefaultBridge,
+			Subnet:       DefaultSubnet,
 		},
 		GitLab: GitLab{CacheDir: "/var/cache/nspawn-runner"},
 	}
@@ -332,6 +428,43 @@ func (c *Config) validate(root *yaml.Node) error {
 	}
 	if err := checkCgroupPath(m.CgroupParent); err != nil {
 		return fieldError(root, "machine.cgroup_parent", "%v", err)
+	}
+	return m.validateNetwork(root)
+}
+
+func (m *Machine) validateNetwork(root *yaml.Node) error {
+	switch m.Network {
+	case NetworkPrivate, NetworkHost, NetworkNone:
+	default:
+		return fieldError(root, "machine.network", "must be private, host or none, got %q", m.Network)
+	}
+	if err := CheckBridgeName(m.Bridge); err != nil {
+		return fieldError(root, "machine.bridge", "%v", err)
+	}
+	subnet, err := ParseSubnet(m.Subnet)
+	if err != nil {
+		return fieldError(root, "machine.subnet", "%v", err)
+	}
+	allow, err := ParseNetworks(m.AllowNetworks)
+	if err != nil {
+		return fieldError(root, "machine.allow_networks", "%v", err)
+	}
+	for _, a := range allow {
+		if a.Overlaps(subnet) {
+			return fieldError(root, "machine.allow_networks", "%s overlaps machine.subnet %s: machines never reach each other or the bridge", a, subnet)
+		}
+	}
+	if _, err := ParseNetworks(m.DenyNetworks); err != nil {
+		return fieldError(root, "machine.deny_networks", "%v", err)
+	}
+	dns, err := ParseDNS(m.DNS)
+	if err != nil {
+		return fieldError(root, "machine.dns", "%v", err)
+	}
+	for _, d := range dns {
+		if subnet.Contains(d) || d.IsLoopback() {
+			return fieldError(root, "machine.dns", "%s is not reachable from a private machine (loopback or machine.subnet)", d)
+		}
 	}
 	return nil
 }

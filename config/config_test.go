@@ -113,6 +113,18 @@ func TestParseErrors(t *testing.T) {
 		{"root: [1, 2]\n", []string{"line 1"}},
 		{"- a\n- b\n", []string{"line 1"}},
 		{"machine: {mode: boot\n", []string{"line"}},
+		{"machine:\n  network: bridge\n", []string{"line 2", "machine.network", "private, host or none"}},
+		{"machine:\n  subnet: 10.1.2.3/24\n", []string{"line 2", "machine.subnet", "10.1.2.0/24"}},
+		{"machine:\n  subnet: fd00::/64\n", []string{"line 2", "machine.subnet", "IPv4"}},
+		{"machine:\n  subnet: 10.1.2.0/31\n", []string{"line 2", "machine.subnet", "/30"}},
+		{"machine:\n  subnet: nope\n", []string{"line 2", "machine.subnet"}},
+		{"machine:\n  bridge: a-name-too-long-x\n", []string{"line 2", "machine.bridge"}},
+		{"machine:\n  bridge: 'br 0'\n", []string{"line 2", "machine.bridge"}},
+		{"machine:\n  subnet: 10.9.0.0/16\n  allow_networks: [10.9.4.0/24]\n", []string{"line 3", "machine.allow_networks", "overlaps"}},
+		{"machine:\n  allow_networks: [gitlab.example.com]\n", []string{"line 2", "machine.allow_networks"}},
+		{"machine:\n  deny_networks: [10.0.0.0/33]\n", []string{"line 2", "machine.deny_networks"}},
+		{"machine:\n  dns: [127.0.0.53]\n", []string{"line 2", "machine.dns", "loopback"}},
+		{"machine:\n  dns: [resolver]\n", []string{"line 2", "machine.dns"}},
 	} {
 		_, err := Parse([]byte(tc.in))
 		if err == nil {
@@ -127,6 +139,28 @@ func TestParseErrors(t *testing.T) {
 		if strings.Contains(err.Error(), "\n") {
 			t.Errorf("Parse(%q) error spans lines: %q", tc.in, err)
 		}
+	}
+}
+
+func TestParseNetwork(t *testing.T) {
+	c, err := Parse([]byte("machine:\n  network: private\n  bridge: ci-br\n  subnet: 172.31.250.0/24\n  allow_networks: [192.0.2.10, 198.51.100.0/24]\n  deny_networks: [10.0.0.0/8]\n  dns: [192.0.2.53]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := c.Machine
+	if m.Network != NetworkPrivate || m.Bridge != "ci-br" || m.Subnet != "172.31.250.0/24" || len(m.AllowNetworks) != 2 || len(m.DenyNetworks) != 1 || len(m.DNS) != 1 {
+		t.Errorf("machine = %+v", m)
+	}
+	allow, err := ParseNetworks(m.AllowNetworks)
+	if err != nil || allow[0].String() != "192.0.2.10/32" || allow[1].String() != "198.51.100.0/24" {
+		t.Errorf("ParseNetworks(%q) = %v, %v", m.AllowNetworks, allow, err)
+	}
+	d := Default().Machine
+	if d.Bridge != DefaultBridge || d.Subnet != DefaultSubnet {
+		t.Errorf("default network settings = %+v", d)
+	}
+	if _, err := ParseSubnet(DefaultSubnet); err != nil {
+		t.Errorf("the default subnet does not parse: %v", err)
 	}
 }
 
