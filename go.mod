@@ -6,6 +6,7 @@ require (
 	github.com/alecthomas/kingpin/v2 v2.4.0
 	github.com/containerd/btrfs/v2 v2.0.0
 	github.com/google/nftables v0.3.0
+	github.com/vishvananda/netlink v1.3.1
 	golang.org/x/sys v0.50.0
 	gopkg.in/yaml.v3 v3.0.1
 )

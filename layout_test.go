@@ -25,7 +25,8 @@ const module = "github.com/nspawn-runner/nspawn-runner"
 //	config             a leaf (internal/logx at most)
 //	gitlab             nothing: the contract is standard library only
 //	bootstrap          config, sys/*, internal/logx
-//	machine            config, sys/*, internal/logx
+//	network            config, sys/*, internal/logx
+//	machine            config, network, sys/*, internal/logx
 //	provision          bootstrap, config, sys/*, internal/logx
 //	cmd/nspawn-runner  everything but test helpers
 //	internal/testutil  bootstrap, config, sys/* (it builds the cached test
@@ -37,9 +38,10 @@ var mayImport = map[string][]string{
 	"config":            {"internal/logx"},
 	"gitlab":            nil,
 	"bootstrap":         {"config", "sys/", "internal/logx"},
-	"machine":           {"config", "sys/", "internal/logx"},
+	"network":           {"config", "sys/", "internal/logx"},
+	"machine":           {"config", "network", "sys/", "internal/logx"},
 	"provision":         {"bootstrap", "config", "sys/", "internal/logx"},
-	"cmd/nspawn-runner": {"bootstrap", "config", "gitlab", "machine", "provision", "sys/", "internal/logx"},
+	"cmd/nspawn-runner": {"bootstrap", "config", "gitlab", "machine", "network", "provision", "sys/", "internal/logx"},
 	"internal/testutil": {"bootstrap", "config", "sys/"},
 	"integration":       {""},
 	"":                  nil, // this package: only tests
