@@ -28,6 +28,7 @@ const module = "github.com/nspawn-runner/nspawn-runner"
 //	network            config, sys/*, internal/logx
 //	machine            config, network, sys/*, internal/logx
 //	provision          bootstrap, config, sys/*, internal/logx
+//	limits             sys/* (the kernel limits many machines need)
 //	cmd/nspawn-runner  everything but test helpers
 //	internal/testutil  bootstrap, config, sys/* (it builds the cached test
 //	                   image with chroot-create's code)
@@ -40,8 +41,9 @@ var mayImport = map[string][]string{
 	"bootstrap":         {"config", "sys/", "internal/logx"},
 	"network":           {"config", "sys/", "internal/logx"},
 	"machine":           {"config", "network", "sys/", "internal/logx"},
+	"limits":            {"sys/"},
 	"provision":         {"bootstrap", "config", "sys/", "internal/logx"},
-	"cmd/nspawn-runner": {"bootstrap", "config", "gitlab", "machine", "network", "provision", "sys/", "internal/logx"},
+	"cmd/nspawn-runner": {"bootstrap", "config", "gitlab", "limits", "machine", "network", "provision", "sys/", "internal/logx"},
 	"internal/testutil": {"bootstrap", "config", "sys/"},
 	"integration":       {""},
 	"":                  nil, // this package: only tests

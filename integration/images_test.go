@@ -362,7 +362,7 @@ func TestImagesCLI(t *testing.T) {
 				}
 			}
 		})
-		out := h.must(t, "setup", "--loopback", "1G", "--loopback-file", file)
+		out := h.must(t, "setup", "--no-sysctl", "--loopback", "1G", "--loopback-file", file)
 		if want := file + " " + h.root + " btrfs loop,nofail 0 0"; !strings.Contains(out, want) {
 			t.Errorf("setup output lacks the fstab line %q:\n%s", want, out)
 		}
@@ -370,12 +370,42 @@ func TestImagesCLI(t *testing.T) {
 		if err := unix.Statfs(h.root, &st); err != nil || st.Type != unix.BTRFS_SUPER_MAGIC {
 			t.Errorf("root is not btrfs after setup --loopback: %v", err)
 		}
-		out = h.must(t, "setup", "--loopback", "1G", "--loopback-file", file)
+		out = h.must(t, "setup", "--no-sysctl", "--loopback", "1G", "--loopback-file", file)
 		if !strings.Contains(out, "already mounted") {
 			t.Errorf("second setup says %q, want already mounted", out)
 		}
 		if _, errs, code := h.run(t, "setup", "--loopback", "lots"); code != 2 || !strings.Contains(errs, "8G") {
 			t.Errorf("setup --loopback lots = exit %d, %q", code, errs)
+		}
+	})
+
+	// setup installs the sysctl.d drop-in and raises the limits below it,
+	// here in a tree laid out like /proc/sys (the host's own limits are
+	// never changed by a test).
+	t.Run("setup-limits", func(t *testing.T) {
+		h := newIMHost(t, bin)
+		proc := filepath.Join(h.dir, "proc-sys")
+		for name, v := range map[string]string{"fs/inotify/max_user_instances": "128", "fs/inotify/max_user_watches": "9999999", "kernel/keys/maxkeys": "200", "kernel/keys/maxbytes": "20000"} {
+			if err := os.MkdirAll(filepath.Dir(filepath.Join(proc, name)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(proc, name), []byte(v+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		dropIn := filepath.Join(h.dir, "sysctl.d", "60-nspawn-runner.conf")
+		out := h.must(t, "setup", "--sysctl-file", dropIn, "--proc-sys", proc)
+		if !strings.Contains(out, "raised fs.inotify.max_user_instances from 128 to 8192") || strings.Contains(out, "max_user_watches") {
+			t.Errorf("setup output:\n%s\nwant max_user_instances raised, max_user_watches (higher already) left alone", out)
+		}
+		if b, err := os.ReadFile(filepath.Join(proc, "fs/inotify/max_user_instances")); err != nil || string(b) != "8192\n" {
+			t.Errorf("max_user_instances = %q, %v; want 8192", b, err)
+		}
+		if b, err := os.ReadFile(dropIn); err != nil || !strings.Contains(string(b), "fs.inotify.max_user_instances = 8192") {
+			t.Errorf("drop-in %s = %q, %v", dropIn, b, err)
+		}
+		if out := h.must(t, "setup", "--sysctl-file", dropIn, "--proc-sys", proc); !strings.Contains(out, "are in place") {
+			t.Errorf("second setup says %q, want the limits in place", out)
 		}
 	})
 }

@@ -242,11 +242,12 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 	if err := writeRecord(l.Record, rec); err != nil {
 		return err
 	}
-	rctx, cancel := context.WithTimeout(ctx, m.Config.ReadyTimeout.D())
-	defer cancel()
+	rctx, stop := m.readyContext(ctx, l.Log)
+	defer stop()
 	leader, err := p.WaitReady(rctx, mode == config.ModeBoot)
 	if err != nil {
-		return err
+		// A host limit that ran out fails at once, naming the limit.
+		return limitCause(rctx, err)
 	}
 	ls, err := ns.ReadStat(leader)
 	if err != nil {

@@ -17,6 +17,8 @@ import (
 
 	"github.com/nspawn-runner/nspawn-runner/bootstrap"
 	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/limits"
+	"github.com/nspawn-runner/nspawn-runner/sys/sysctl"
 )
 
 // store is the image store of the configured root.
@@ -108,10 +110,19 @@ func registerImages(app *kingpin.Application, g *globals, cmds commands) {
 		return nil
 	}}
 
-	var setup struct{ size, file string }
+	var setup struct {
+		size, file string
+		sysctlFile string
+		procSys    string
+		noSysctl   bool
+	}
 	c = app.Command("setup", "Prepare the root directory; with --loopback, on a host whose root is not on btrfs, mount a btrfs image file on it.")
 	c.Flag("loopback", "Size of a sparse btrfs file to mount on the root when it is not on btrfs (e.g. 8G).").PlaceHolder("SIZE").StringVar(&setup.size)
 	c.Flag("loopback-file", "The btrfs file (default ROOT.btrfs, e.g. "+bootstrap.LoopbackFile(config.DefaultRoot)+").").PlaceHolder("PATH").StringVar(&setup.file)
+	c.Flag("sysctl-file", "The sysctl.d drop-in raising kernel limits for many machines.").Default(limits.DefaultDropIn).PlaceHolder("PATH").StringVar(&setup.sysctlFile)
+	c.Flag("no-sysctl", "Neither install nor apply the sysctl.d drop-in.").BoolVar(&setup.noSysctl)
+	// Tests apply the limits to a tree laid out like /proc/sys.
+	c.Flag("proc-sys", "").Hidden().Default(sysctl.DefaultDir).StringVar(&setup.procSys)
 	cmds["setup"] = &command{run: func(ctx context.Context) error {
 		var o bootstrap.SetupOptions
 		if setup.size != "" {
@@ -127,7 +138,10 @@ func registerImages(app *kingpin.Application, g *globals, cmds commands) {
 			return err
 		}
 		writeSetup(os.Stdout, res, o.Loopback > 0)
-		return nil
+		if setup.noSysctl {
+			return nil
+		}
+		return setupLimits(os.Stdout, g, setup.sysctlFile, sysctl.Dir(setup.procSys))
 	}}
 }
 
