@@ -401,6 +401,7 @@ func TestLifecycleBtrfs(t *testing.T) {
 	})
 	t.Run("dead machine", func(t *testing.T) { lcDeadMachine(t, h) })
 	t.Run("gc after reboot", func(t *testing.T) { lcAfterReboot(t, h) })
+	t.Run("nspawn died", func(t *testing.T) { lcNspawnDied(t, h) })
 	t.Run("sigterm during run", func(t *testing.T) { lcSigterm(t, h) })
 	t.Run("sigkill", func(t *testing.T) { lcSigkill(t, h) })
 	t.Run("concurrent", func(t *testing.T) { lcConcurrent(t, h, "boot") })
@@ -506,6 +507,40 @@ func lcAfterReboot(t *testing.T, h *lcHost) {
 	}
 	if r := h.exec(context.Background(), nil, "", "gc"); r.code != 0 || !strings.Contains(r.stdout, "removed machine "+rec["name"].(string)) {
 		t.Fatalf("gc after a reboot: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	h.assertClean(t)
+}
+
+// lcNspawnDied: in boot mode the machine's init outlives a killed
+// systemd-nspawn; ps calls such a machine dead, and run agrees: a system
+// failure saying the machine is gone, not a stage run in what is left of
+// it. Cleanup then stops and removes the rest (issue 12, rough edge 1).
+func lcNspawnDied(t *testing.T, h *lcHost) {
+	j := h.newJob()
+	j.must("prepare", "bookworm", "--mode", "boot")
+	rec := h.recordOf(j)
+	syscall.Kill(num(rec["nspawn_pid"]), syscall.SIGKILL)
+	waitGone(t, num(rec["nspawn_pid"]))
+	if !alive(num(rec["leader_pid"])) {
+		t.Fatal("the machine's init died with systemd-nspawn: nothing to test")
+	}
+	ps := h.exec(context.Background(), nil, "", "ps", "--json")
+	if !strings.Contains(ps.stdout, `"state": "dead"`) {
+		t.Errorf("ps after systemd-nspawn died: %s", ps.stdout)
+	}
+	r := j.call("run", j.script("s", "echo ran-in-a-dead-machine"), "build_script")
+	if r.code != 2 || strings.Contains(r.stdout, "ran-in-a-dead-machine") {
+		t.Errorf("run in a machine whose systemd-nspawn died: exit %d, stdout %q; want the system failure code 2 and no stage run", r.code, r.stdout)
+	}
+	if lines := strings.Split(strings.TrimSpace(r.stderr), "\n"); len(lines) != 1 || !strings.Contains(lines[0], "is gone") || !strings.Contains(lines[0], "retry the job") {
+		t.Errorf("run in a dead machine: stderr %q, want one line saying the machine is gone and to retry the job", r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(j.dir, "code")); err == nil {
+		t.Errorf("a system failure wrote BUILD_EXIT_CODE_FILE")
+	}
+	j.must("cleanup")
+	if alive(num(rec["leader_pid"])) {
+		t.Errorf("cleanup left the machine's init (pid %d) running", num(rec["leader_pid"]))
 	}
 	h.assertClean(t)
 }

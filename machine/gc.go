@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/nspawn-runner/nspawn-runner/sys/ns"
 )
 
 // GCResult is what GC removed.
@@ -44,7 +42,7 @@ func (m *Manager) GC(ctx context.Context, maxAge time.Duration) (GCResult, error
 			continue
 		}
 		rec, rerr := readRecord(l.Record)
-		live := rerr == nil && rec.State == StateRunning && ns.Alive(rec.NspawnPID, rec.NspawnStart)
+		live := rerr == nil && rec.running()
 		if live && !Expired(rec.Created, now, maxAge) {
 			lk.release(false)
 			continue
@@ -158,7 +156,7 @@ func (m *Manager) List(ctx context.Context) ([]Status, error) {
 		switch rec.State {
 		case StateRunning:
 			s.State = StateDead
-			if ns.Alive(rec.NspawnPID, rec.NspawnStart) {
+			if rec.running() {
 				s.State = StateRunning
 			}
 		default:

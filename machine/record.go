@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nspawn-runner/nspawn-runner/sys/ns"
 	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
@@ -54,6 +55,14 @@ type Record struct {
 	Env     []string      `json:"env,omitempty"`
 	Binds   []nspawn.Bind `json:"binds,omitempty"`
 	Created time.Time     `json:"created"`
+}
+
+// running reports whether the machine is up: its prepare finished and its
+// systemd-nspawn still runs. In boot mode the machine's init outlives a
+// killed systemd-nspawn, but nothing supervises that orphan any more: run
+// refuses it, ps calls it dead and gc removes it, all by this one test.
+func (r *Record) running() bool {
+	return r.State == StateRunning && ns.Alive(r.NspawnPID, r.NspawnStart)
 }
 
 // writeRecord writes r atomically (temporary file, rename): a reader sees

@@ -63,6 +63,9 @@ func (m *Manager) Run(ctx context.Context, req RunRequest) error {
 	if rec.State != StateRunning {
 		return fmt.Errorf("run: machine %s is %s: %w", name, rec.State, ErrDead)
 	}
+	if !rec.running() {
+		return fmt.Errorf("run: machine %s is gone (its systemd-nspawn exited: %w); retry the job, cleanup stops what is left", name, ErrDead)
+	}
 	leader, err := ns.Open(rec.LeaderPID, rec.LeaderStart)
 	if err != nil {
 		return fmt.Errorf("run: machine %s (leader pid %d): %w: %v", name, rec.LeaderPID, ErrDead, err)
