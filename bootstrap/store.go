@@ -20,6 +20,7 @@ import (
 
 	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
+	"github.com/nspawn-runner/nspawn-runner/sys/flock"
 )
 
 // ErrNotFound is returned when an image does not exist.
@@ -250,75 +251,37 @@ func birthTime(p string) time.Time {
 // that create, remove and maintenance of one image never overlap. It waits
 // until the lock is free or ctx is done, logging that it waits. The lock is
 // released by unlock, or by the kernel when the process dies: a SIGKILLed
-// holder never leaves a stale lock. It tries once before it looks at ctx,
-// so a ctx that is already done makes it a try-lock.
+// holder never leaves a stale lock.
 func (s *Store) Lock(ctx context.Context, name string) (unlock func(), err error) {
+	unlock, err = s.TryLock(name)
+	if !errors.Is(err, flock.ErrBusy) {
+		return unlock, err
+	}
+	p := filepath.Join(s.path(lockDir), name)
+	s.log().Warn("waiting for another create, remove or maintenance of this image to finish", "image", name, "lock", p)
+	l, err := flock.Wait(ctx, p, flock.Exclusive)
+	if err != nil {
+		return nil, fmt.Errorf("lock image %s: %w", name, err)
+	}
+	return func() { l.Unlock() }, nil
+}
+
+// TryLock takes the image lock of Lock without waiting: when another
+// process (or another open of the lock in this process) holds it, the
+// error wraps flock.ErrBusy.
+func (s *Store) TryLock(name string) (unlock func(), err error) {
 	if err := config.CheckImageName(name); err != nil {
 		return nil, err
 	}
-	f, err := s.openLock(name)
-	if err != nil {
-		return nil, err
-	}
-	logged := false
-	for {
-		err := flock(f, unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			return func() { f.Close() }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("lock image %s: %w", name, err)
-		}
-		if !logged {
-			s.log().Warn("waiting for another create, remove or maintenance of this image to finish", "image", name, "lock", f.Name())
-			logged = true
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("lock image %s: %w", name, context.Cause(ctx))
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// tryLock takes the image lock without waiting; ok is false when another
-// process (or another open of the lock in this process) holds it.
-func (s *Store) tryLock(name string) (unlock func(), ok bool, err error) {
-	f, err := s.openLock(name)
-	if err != nil {
-		return nil, false, err
-	}
-	if err := flock(f, unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, false, nil
-		}
-		return nil, false, fmt.Errorf("lock image %s: %w", name, err)
-	}
-	return func() { f.Close() }, true, nil
-}
-
-func (s *Store) openLock(name string) (*os.File, error) {
 	dir := s.path(lockDir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("lock image %s: %w", name, err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o644)
+	l, err := flock.Try(filepath.Join(dir, name), flock.Exclusive)
 	if err != nil {
 		return nil, fmt.Errorf("lock image %s: %w", name, err)
 	}
-	return f, nil
-}
-
-func flock(f *os.File, how int) error {
-	for {
-		err := unix.Flock(int(f.Fd()), how)
-		if err != unix.EINTR {
-			return err
-		}
-	}
+	return func() { l.Unlock() }, nil
 }
 
 // Workspace makes a hidden, empty ROOT/.tmp-NAME-RANDOM to build an image
@@ -578,13 +541,13 @@ func (s *Store) CleanWorkspaces(ctx context.Context, held string) error {
 			continue
 		}
 		if name != held {
-			unlock, ok, err := s.tryLock(name)
+			unlock, err := s.TryLock(name)
+			if errors.Is(err, flock.ErrBusy) {
+				continue // someone is building it right now
+			}
 			if err != nil {
 				errs = append(errs, err)
 				continue
-			}
-			if !ok {
-				continue // someone is building it right now
 			}
 			// Listed before we took the lock: whoever held it last is gone.
 			err = s.removeDebris(p)

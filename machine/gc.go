@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/sys/flock"
 )
 
 // GCResult is what GC removed.
@@ -34,7 +36,7 @@ func (m *Manager) GC(ctx context.Context, maxAge time.Duration) (GCResult, error
 	for _, name := range names {
 		l := m.layout(name)
 		lk, err := m.lockMachine(ctx, l, false)
-		if errors.Is(err, errBusy) {
+		if errors.Is(err, flock.ErrBusy) {
 			continue
 		}
 		if err != nil {

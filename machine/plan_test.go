@@ -14,6 +14,7 @@ import (
 
 	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
+	"github.com/nspawn-runner/nspawn-runner/sys/flock"
 	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
@@ -165,8 +166,8 @@ func TestLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := lock(ctx, p, false); !errors.Is(err, errBusy) {
-		t.Errorf("second lock = %v, want errBusy", err)
+	if _, err := lock(ctx, p, false); !errors.Is(err, flock.ErrBusy) {
+		t.Errorf("second lock = %v, want flock.ErrBusy", err)
 	}
 	a.release(true)
 	b, err := lock(ctx, p, false)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nspawn-runner/nspawn-runner/bootstrap"
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
+	"github.com/nspawn-runner/nspawn-runner/sys/flock"
 	"github.com/nspawn-runner/nspawn-runner/sys/mount"
 )
 
@@ -162,24 +163,21 @@ func (m *Maintainer) Provision(ctx context.Context, name string) error {
 // lock takes the image lock, first without waiting so that waiting can be
 // announced, or refused with NoWait.
 func (m *Maintainer) lock(ctx context.Context, name string) (func(), error) {
-	// bootstrap.Store.Lock tries once before it looks at ctx: with a done
-	// ctx it is a try-lock. A copy without a logger keeps it from logging
-	// that it waits: the progress line below says so once.
-	quiet := *m.Store
-	quiet.Log = nil
-	done, cancel := context.WithCancel(ctx)
-	cancel()
-	unlock, err := quiet.Lock(done, name)
+	unlock, err := m.Store.TryLock(name)
 	if err == nil {
 		return unlock, nil
 	}
-	if ctx.Err() != nil || !errors.Is(err, context.Canceled) {
+	if !errors.Is(err, flock.ErrBusy) {
 		return nil, fmt.Errorf("maintain image %s: %w", name, err)
 	}
 	if m.NoWait {
 		return nil, fmt.Errorf("maintain image %s: %w; not waiting (--no-wait)", name, ErrBusy)
 	}
 	m.progress(name, "waiting for another create, remove or maintenance of this image to finish")
+	// A copy without a logger keeps the store from saying it waits too:
+	// the progress line above said so.
+	quiet := *m.Store
+	quiet.Log = nil
 	unlock, err = quiet.Lock(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("maintain image %s: %w", name, err)
