@@ -127,14 +127,19 @@ type copier struct {
 // directories (/usr/bin, /usr/lib/x86_64-linux-gnu) spread over workers.
 const batch = 64
 
-func newCopier(src, dst string, opts CopyOptions) (*copier, error) {
+// newCopier opens both roots; on error it has closed what it opened.
+func newCopier(src, dst string, opts CopyOptions) (_ *copier, err error) {
 	c := &copier{opts: opts, src: filepath.Clean(src), dst: filepath.Clean(dst), srcRoot: -1, dstRoot: -1,
 		inodes: make(map[inodeKey]string)}
 	c.cond = sync.NewCond(&c.mu)
 	if inside(c.src, c.dst) {
 		return nil, fmt.Errorf("%s is inside %s", c.dst, c.src)
 	}
-	var err error
+	defer func() {
+		if err != nil {
+			c.close()
+		}
+	}()
 	c.srcRoot, err = openRetry(c.src, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: c.src, Err: err}

@@ -507,3 +507,34 @@ func TestCopyTreeError(t *testing.T) {
 		t.Errorf("CopyTree onto a full tmpfs: %v, want ENOSPC", err)
 	}
 }
+
+// openFDs counts the descriptors of this process.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// A copy that fails after it opened the source (the destination is not
+// empty, or is a file) closes what it opened.
+func TestCopyTreeFailureClosesFDs(t *testing.T) {
+	dir := t.TempDir()
+	src, full, file := filepath.Join(dir, "src"), filepath.Join(dir, "full"), filepath.Join(dir, "file")
+	mkdirs(t, src, full)
+	writeFile(t, filepath.Join(full, "x"), "x")
+	writeFile(t, file, "")
+	before := openFDs(t)
+	for range 10 {
+		for _, dst := range []string{full, file} {
+			if _, err := mount.CopyTree(src, dst, mount.CopyOptions{}); err == nil {
+				t.Fatalf("CopyTree(%s, %s) succeeded", src, dst)
+			}
+		}
+	}
+	if after := openFDs(t); after != before {
+		t.Errorf("open descriptors after 20 failed copies: %d, before: %d", after, before)
+	}
+}
