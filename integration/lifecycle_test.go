@@ -26,6 +26,7 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
 	"github.com/nspawn-runner/nspawn-runner/sys/mount"
+	"github.com/nspawn-runner/nspawn-runner/sys/netns"
 )
 
 // lcBinary is the binary this package's TestMain builds once and removes
@@ -46,6 +47,23 @@ type lcHost struct {
 	cgParent string
 	prefix   string
 	ids      atomic.Int64
+	// netNS, when set, is a pinned network namespace every call of the
+	// binary runs in (the network tests' stand-in for the host's).
+	netNS string
+}
+
+// start starts cmd, inside netNS when the host has one: the child
+// inherits the network namespace of the thread that forks it.
+func (h *lcHost) start(cmd *exec.Cmd) error {
+	if h.netNS == "" {
+		return cmd.Start()
+	}
+	f, err := netns.Open(h.netNS)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return netns.Do(f, cmd.Start)
 }
 
 // newLCHost makes a host whose root is on a loopback btrfs (the image a
@@ -126,7 +144,10 @@ func (h *lcHost) exec(ctx context.Context, env []string, dir string, args ...str
 	cmd := h.command(ctx, env, dir, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
+	err := h.start(cmd)
+	if err == nil {
+		err = cmd.Wait()
+	}
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()

@@ -65,6 +65,14 @@ func (m *Manager) GC(ctx context.Context, maxAge time.Duration) (GCResult, error
 		lk.release(true)
 		res.Machines = append(res.Machines, name)
 	}
+	// Private networks of machines that are gone (their state removed
+	// by hand, or never recorded), then the bridge and tables once no
+	// machine uses them.
+	if n, err := m.network(); err != nil {
+		errs = append(errs, err)
+	} else if _, err := n.Reclaim(func(name string) bool { return m.exists(m.layout(name)) }); err != nil {
+		errs = append(errs, fmt.Errorf("gc networks: %w", err))
+	}
 	if m.Images != nil {
 		removed, err := m.GCImages()
 		res.Images = removed

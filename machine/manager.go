@@ -1,6 +1,7 @@
 package machine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/network"
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
 	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 	"github.com/nspawn-runner/nspawn-runner/sys/mount"
@@ -64,9 +66,56 @@ type Manager struct {
 	// destroyGrace overrides the package's destroyGrace (tests).
 	destroyGrace time.Duration
 
+	// Net attaches private machines; nil builds it from Config (state in
+	// RUN_DIR/network).
+	Net *network.Network
+
 	once sync.Once
 	cg   cgroup.Hierarchy
 	cgOK error
+}
+
+// network returns the private network of machines.
+func (m *Manager) network() (*network.Network, error) {
+	if m.Net != nil {
+		return m.Net, nil
+	}
+	s, err := network.FromConfig(m.Config)
+	if err != nil {
+		return nil, err
+	}
+	m.Net = &network.Network{Settings: s, StateDir: filepath.Join(m.RunDir, "network"), Log: m.log()}
+	return m.Net, nil
+}
+
+// attachNetwork gives a private machine its network (nothing for the
+// other modes).
+func (m *Manager) attachNetwork(l Layout, rec *Record, in *PlanInput) error {
+	in.Network = rec.Network
+	if rec.Network != config.NetworkPrivate {
+		return nil
+	}
+	n, err := m.network()
+	if err != nil {
+		return err
+	}
+	a, err := n.Attach(l.Name, l.RunDir)
+	if err != nil {
+		return fmt.Errorf("private network: %w", err)
+	}
+	rec.Address = a.Addr.String()
+	in.NetNS, in.ResolvConf = a.Namespace, a.ResolvConf
+	return nil
+}
+
+// detachNetwork removes what attachNetwork made (nothing to remove is
+// fine).
+func (m *Manager) detachNetwork(l Layout) error {
+	n, err := m.network()
+	if err != nil {
+		return err
+	}
+	return n.Detach(l.Name, l.RunDir)
 }
 
 func (m *Manager) log() *slog.Logger {
@@ -177,7 +226,7 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 	rec := &Record{
 		Name: l.Name, JobID: req.JobID, State: StatePreparing, Mode: mode, Storage: storage,
 		Image: req.Image, ImagePath: imagePath, ImageDev: uint64(st.Dev), ImageIno: st.Ino,
-		RunDir: l.RunDir, Cgroup: l.Cgroup,
+		RunDir: l.RunDir, Cgroup: l.Cgroup, Network: cmp.Or(m.Config.Network, config.NetworkHost),
 		Path: req.Path, Env: req.Env, Binds: req.Binds, Created: time.Now().UTC(),
 	}
 	if storage != StorageVolatile {
@@ -223,7 +272,11 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 	default:
 		m.log().Warn("no cgroup v2: machines share our cgroup and limits cannot be applied", "err", cgErr)
 	}
-	spec, env := Plan(PlanInput{Layout: l, ImagePath: imagePath, Storage: storage, Mode: mode, Seccomp: m.Config.Seccomp, Binds: req.Binds, Host: host, Limits: m.limits()})
+	in := PlanInput{Layout: l, ImagePath: imagePath, Storage: storage, Mode: mode, Seccomp: m.Config.Seccomp, Binds: req.Binds, Host: host, Limits: m.limits()}
+	if err := m.attachNetwork(l, rec, &in); err != nil {
+		return err
+	}
+	spec, env := Plan(in)
 	logf, err := os.OpenFile(l.Log, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return fmt.Errorf("open nspawn log: %w", err)
@@ -263,7 +316,7 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 	if err := writeRecord(l.Record, rec); err != nil {
 		return err
 	}
-	m.log().Info("machine ready", "machine", l.Name, "image", req.Image, "mode", mode, "storage", storage, "leader", leader)
+	m.log().Info("machine ready", "machine", l.Name, "image", req.Image, "mode", mode, "storage", storage, "network", rec.Network, "address", rec.Address, "leader", leader)
 	return nil
 }
 
@@ -504,6 +557,10 @@ func (m *Manager) destroy(ctx context.Context, l Layout) error {
 			_ = p.Wait(ctx)
 			p.Close()
 		}
+	}
+	// The private network: veth, rules, namespace pin, address.
+	if err := m.detachNetwork(l); err != nil {
+		errs = append(errs, err)
 	}
 	// 3. Storage: unmount the overlay, delete the snapshot, remove dirs.
 	if err := m.removeStorage(l); err != nil {

@@ -170,6 +170,10 @@ type PlanInput struct {
 	// the machine on a host with systemd and a bus; elsewhere they are
 	// written to the cgroup we make.
 	Limits cgroup.Limits
+	// Network is the machine's network mode (config.Network*); with
+	// private, NetNS is its pinned namespace and ResolvConf the file
+	// bound onto its /etc/resolv.conf.
+	Network, NetNS, ResolvConf string
 }
 
 // Plan returns the systemd-nspawn arguments and its extra environment.
@@ -185,6 +189,20 @@ func Plan(in PlanInput) (nspawn.Spec, []string) {
 	}
 	if !in.Host.NoBus {
 		s.Properties = properties(in.Limits)
+	}
+	switch in.Network {
+	case config.NetworkPrivate:
+		// The namespace is ready before systemd-nspawn starts; the
+		// machine's resolv.conf names resolvers it can reach.
+		s.NetworkNamespacePath = in.NetNS
+		// With --private-network as well, systemd-nspawn 252 mounts a
+		// sysfs of that namespace: without it /sys/class/net shows the
+		// host's links.
+		s.PrivateNetwork = true
+		s.ResolvConf = "off"
+		s.Binds = append(s.Binds, nspawn.Bind{Host: in.ResolvConf, Machine: "/etc/resolv.conf", ReadOnly: true})
+	case config.NetworkNone:
+		s.PrivateNetwork = true
 	}
 	switch in.Storage {
 	case StorageVolatile:

@@ -111,6 +111,11 @@ func TestPlan(t *testing.T) {
 			[]string{"--boot", "--register=no", "--suppress-sync=yes", "--notify-ready=yes"}, []string{"SYSTEMD_SECCOMP=0"}},
 		{"overlay binds", PlanInput{Layout: l, ImagePath: "/r/img", Storage: StorageOverlay, Mode: config.ModeFast, Seccomp: true, Binds: []nspawn.Bind{{Host: "/cache", Machine: "/cache"}}},
 			[]string{"--directory=/r/.machines/nr-1-0123456789ab/root", "--bind=/cache:/cache"}, []string{"--volatile=overlay"}, nil},
+		{"private network", PlanInput{Layout: l, Storage: StorageBtrfs, Mode: config.ModeFast, Seccomp: true, Network: config.NetworkPrivate, NetNS: "/run/x/machines/m/netns", ResolvConf: "/run/x/machines/m/resolv.conf"},
+			[]string{"--network-namespace-path=/run/x/machines/m/netns", "--private-network", "--resolv-conf=off", "--bind-ro=/run/x/machines/m/resolv.conf:/etc/resolv.conf"},
+			[]string{"--resolv-conf=copy-host"}, nil},
+		{"no network", PlanInput{Layout: l, Storage: StorageBtrfs, Mode: config.ModeFast, Seccomp: true, Network: config.NetworkNone},
+			[]string{"--private-network"}, []string{"--resolv-conf=off"}, nil},
 	} {
 		spec, env := Plan(tc.in)
 		args := nspawn.Args(spec)

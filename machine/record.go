@@ -43,6 +43,9 @@ type Record struct {
 	MachineDir string `json:"machine_dir"`
 	RunDir     string `json:"run_dir"`
 	Cgroup     string `json:"cgroup"`
+	// Network is the network mode; Address the private machine's address.
+	Network string `json:"network,omitempty"`
+	Address string `json:"address,omitempty"`
 	// NspawnPID/NspawnStart and LeaderPID/LeaderStart: pid and start
 	// time (/proc/PID/stat field 22), so a reused pid is never taken for
 	// the machine.

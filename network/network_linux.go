@@ -37,11 +37,12 @@ type Settings struct {
 	DNS []netip.Addr
 }
 
-// FromConfig reads the settings of a validated machine config.
+// FromConfig reads the settings of a validated machine config; an empty
+// bridge or subnet is the default.
 func FromConfig(m config.Machine) (Settings, error) {
-	s := Settings{Bridge: m.Bridge}
+	s := Settings{Bridge: cmpOr(m.Bridge, config.DefaultBridge)}
 	var err error
-	if s.Subnet, err = config.ParseSubnet(m.Subnet); err != nil {
+	if s.Subnet, err = config.ParseSubnet(cmpOr(m.Subnet, config.DefaultSubnet)); err != nil {
 		return s, fmt.Errorf("machine.subnet: %w", err)
 	}
 	if s.Allow, err = config.ParseNetworks(m.AllowNetworks); err != nil {
@@ -299,7 +300,7 @@ func (n *Network) Attach(name, dir string) (att *Attachment, err error) {
 	if err := os.WriteFile(rp, dns.Format(), 0o644); err != nil {
 		return nil, fmt.Errorf("write %s: %w", rp, err)
 	}
-	n.log().Debug("machine network", "machine", name, "addr", addr, "port", a.Port, "bridge", n.Bridge, "dns", dns.Nameservers, "dns_from", dns.Source)
+	n.log().Info("private network", "machine", name, "addr", addr, "port", a.Port, "bridge", n.Bridge, "dns", dns.Nameservers, "dns_from", dns.Source)
 	return &Attachment{Namespace: a.Namespace, ResolvConf: rp, Addr: addr, Gateway: gw, Port: a.Port}, nil
 }
 

@@ -47,6 +47,12 @@ type Spec struct {
 	ResolvConf string
 	// LinkJournal is --link-journal= (e.g. "no"); empty leaves the default.
 	LinkJournal string
+	// NetworkNamespacePath runs the machine in that network namespace
+	// (--network-namespace-path=, a pinned namespace).
+	NetworkNamespacePath string
+	// PrivateNetwork gives the machine a network namespace with only a
+	// loopback device (--private-network).
+	PrivateNetwork bool
 	// Binds are bind mounts into the machine.
 	Binds []Bind
 	// Env is --setenv=KEY=VALUE for the machine's init or command.
@@ -109,6 +115,12 @@ func Args(s Spec) []string {
 	}
 	if s.LinkJournal != "" {
 		add("--link-journal=" + s.LinkJournal)
+	}
+	if s.NetworkNamespacePath != "" {
+		add("--network-namespace-path=" + s.NetworkNamespacePath)
+	}
+	if s.PrivateNetwork {
+		add("--private-network")
 	}
 	if s.Slice != "" {
 		add("--slice=" + s.Slice)

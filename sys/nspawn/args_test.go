@@ -18,6 +18,9 @@ func TestArgs(t *testing.T) {
 			[]string{"--directory=/d", "--as-pid2", "--", "sleep", "infinity"}},
 		{"binds", Spec{Binds: []Bind{{Host: "/a:b", Machine: "/c", ReadOnly: true}, {Host: "/x", Machine: "/y"}}},
 			[]string{`--bind-ro=/a\:b:/c`, "--bind=/x:/y"}},
+		{"network namespace", Spec{NetworkNamespacePath: "/run/x/netns", ResolvConf: "off"},
+			[]string{"--resolv-conf=off", "--network-namespace-path=/run/x/netns"}},
+		{"private network", Spec{PrivateNetwork: true}, []string{"--private-network"}},
 		{"volatile", Spec{Volatile: "overlay", ReadOnly: true, SuppressSync: true},
 			[]string{"--volatile=overlay", "--read-only", "--suppress-sync=yes"}},
 	} {
