@@ -101,6 +101,7 @@ func newApp(g *globals) (*kingpin.Application, commands) {
 	registerImages(app, g, cmds)
 	registerJobs(app, g, cmds)
 	registerMaintenance(app, g, cmds)
+	registerDoctor(app, g, cmds)
 	registerGitLab(app, g, cmds)
 	return app, cmds
 }
