@@ -12,7 +12,7 @@ BIN      ?= bin/nspawn-runner
 TAGS     := netgo,osusergo
 LDFLAGS  := -X main.version=$(VERSION) -linkmode external -extldflags -static
 
-.PHONY: build test bench install demo vet fmt clean
+.PHONY: build test vm-test bench install demo vet fmt clean
 
 build:
 	CGO_ENABLED=1 $(GO) build -trimpath -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nspawn-runner
@@ -24,6 +24,11 @@ vet:
 # The test command of the README and of CI.
 test: vet
 	$(GO) test -count=1 -timeout 75m ./...
+
+# As root: boot Debian VMs (systemd as PID 1, cgroup v2) in qemu and run the
+# guest tests there; PROFILES=bookworm limits it to some profiles.
+vm-test:
+	./scripts/vm-test.sh $(PROFILES)
 
 # Ratios against the raw floor, measured in one run.
 bench:
