@@ -155,7 +155,7 @@ type PrepareRequest struct {
 	// Mode overrides the configured mode when not empty.
 	Mode string
 	// Binds are extra host -> machine bind mounts.
-	Binds []nspawn.Bind
+	Binds []Bind
 	// Path and Env extend every stage's environment inside the machine.
 	Path []string
 	Env  []string

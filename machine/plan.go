@@ -164,7 +164,7 @@ type PlanInput struct {
 	Storage   string
 	Mode      string
 	Seccomp   bool
-	Binds     []nspawn.Bind
+	Binds     []Bind
 	Host      Host
 	// Limits become --property= values of the scope systemd makes for
 	// the machine on a host with systemd and a bus; elsewhere they are
@@ -185,7 +185,10 @@ func Plan(in PlanInput) (nspawn.Spec, []string) {
 		ResolvConf:   "copy-host",
 		SuppressSync: in.Host.NspawnVersion >= 250,
 		NoRegister:   in.Host.NoBus,
-		Binds:        append([]nspawn.Bind{{Host: in.Layout.Scripts, Machine: ScriptDir, ReadOnly: true}}, in.Binds...),
+		Binds:        []nspawn.Bind{{Host: in.Layout.Scripts, Machine: ScriptDir, ReadOnly: true}},
+	}
+	for _, b := range in.Binds {
+		s.Binds = append(s.Binds, nspawn.Bind{Host: b.Host, Machine: b.Machine, ReadOnly: b.ReadOnly})
 	}
 	if !in.Host.NoBus {
 		s.Properties = properties(in.Limits)

@@ -109,7 +109,7 @@ func TestPlan(t *testing.T) {
 		{"fast volatile old nspawn with bus", PlanInput{Layout: l, ImagePath: "/r/img", Storage: StorageVolatile, Mode: config.ModeFast, Host: Host{NspawnVersion: 247}},
 			[]string{"--directory=/r/img", "--volatile=overlay", "--read-only", "--as-pid2", "sleep", "infinity"},
 			[]string{"--boot", "--register=no", "--suppress-sync=yes", "--notify-ready=yes"}, []string{"SYSTEMD_SECCOMP=0"}},
-		{"overlay binds", PlanInput{Layout: l, ImagePath: "/r/img", Storage: StorageOverlay, Mode: config.ModeFast, Seccomp: true, Binds: []nspawn.Bind{{Host: "/cache", Machine: "/cache"}}},
+		{"overlay binds", PlanInput{Layout: l, ImagePath: "/r/img", Storage: StorageOverlay, Mode: config.ModeFast, Seccomp: true, Binds: []Bind{{Host: "/cache", Machine: "/cache"}}},
 			[]string{"--directory=/r/.machines/nr-1-0123456789ab/root", "--bind=/cache:/cache"}, []string{"--volatile=overlay"}, nil},
 		{"private network", PlanInput{Layout: l, Storage: StorageBtrfs, Mode: config.ModeFast, Seccomp: true, Network: config.NetworkPrivate, NetNS: "/run/x/machines/m/netns", ResolvConf: "/run/x/machines/m/resolv.conf"},
 			[]string{"--network-namespace-path=/run/x/machines/m/netns", "--private-network", "--resolv-conf=off", "--bind-ro=/run/x/machines/m/resolv.conf:/etc/resolv.conf"},
@@ -154,7 +154,7 @@ func TestRecordRoundTrip(t *testing.T) {
 	if _, err := readRecord(p); !errors.Is(err, ErrNotFound) {
 		t.Errorf("readRecord(missing) = %v, want ErrNotFound", err)
 	}
-	r := &Record{Name: "m", LeaderPID: 5, LeaderStart: 77, Binds: []nspawn.Bind{{Host: "/a", Machine: "/b", ReadOnly: true}}, Created: time.Now().UTC().Round(0)}
+	r := &Record{Name: "m", LeaderPID: 5, LeaderStart: 77, Binds: []Bind{{Host: "/a", Machine: "/b", ReadOnly: true}}, Created: time.Now().UTC().Round(0)}
 	if err := writeRecord(p, r); err != nil {
 		t.Fatal(err)
 	}

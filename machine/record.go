@@ -1,6 +1,7 @@
 package machine
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,7 +11,6 @@ import (
 	"time"
 
 	"github.com/nspawn-runner/nspawn-runner/sys/ns"
-	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
 // States of a record.
@@ -54,10 +54,40 @@ type Record struct {
 	LeaderPID   int    `json:"leader_pid,omitempty"`
 	LeaderStart uint64 `json:"leader_start,omitempty"`
 	// Path and Env extend the stages' environment inside the machine.
-	Path    []string      `json:"path,omitempty"`
-	Env     []string      `json:"env,omitempty"`
-	Binds   []nspawn.Bind `json:"binds,omitempty"`
-	Created time.Time     `json:"created"`
+	Path    []string  `json:"path,omitempty"`
+	Env     []string  `json:"env,omitempty"`
+	Binds   []Bind    `json:"binds,omitempty"`
+	Created time.Time `json:"created"`
+}
+
+// Bind is a host directory or file bind-mounted into a machine. It is part
+// of the record's format, hence the package's own tagged type (a change to
+// sys/nspawn must not change what is on disk; record_test.go holds the
+// format).
+type Bind struct {
+	Host     string `json:"host"`
+	Machine  string `json:"machine"`
+	ReadOnly bool   `json:"read_only"`
+}
+
+// UnmarshalJSON also reads the binds of records written before Bind had
+// tags, which stored sys/nspawn's struct as {"Host", "Machine",
+// "ReadOnly"}: a machine prepared by the previous binary is still cleaned
+// up by this one.
+func (b *Bind) UnmarshalJSON(data []byte) error {
+	var v struct {
+		Host           string `json:"host"`
+		Machine        string `json:"machine"`
+		ReadOnly       bool   `json:"read_only"`
+		LegacyHost     string `json:"Host"`
+		LegacyMachine  string `json:"Machine"`
+		LegacyReadOnly bool   `json:"ReadOnly"`
+	}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return err
+	}
+	*b = Bind{Host: cmp.Or(v.Host, v.LegacyHost), Machine: cmp.Or(v.Machine, v.LegacyMachine), ReadOnly: v.ReadOnly || v.LegacyReadOnly}
+	return nil
 }
 
 // running reports whether the machine is up: its prepare finished and its

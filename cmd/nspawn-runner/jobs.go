@@ -15,7 +15,6 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/gitlab"
 	"github.com/nspawn-runner/nspawn-runner/machine"
-	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
 // machineFlags are the hidden flags that let tests and harnesses keep
@@ -88,7 +87,7 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 		}
 		req := machine.PrepareRequest{JobID: job.ID, Key: job.Key, Image: image, Mode: prep.mode, Path: plan.Path}
 		for _, m := range plan.Mounts {
-			req.Binds = append(req.Binds, nspawn.Bind{Host: m.Host, Machine: m.Machine, ReadOnly: m.ReadOnly})
+			req.Binds = append(req.Binds, machine.Bind{Host: m.Host, Machine: m.Machine, ReadOnly: m.ReadOnly})
 		}
 		name, err := g.manager(&prep.machineFlags).Prepare(ctx, req)
 		if err != nil {

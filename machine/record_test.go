@@ -1,0 +1,72 @@
+package machine
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+)
+
+// goldenRecord sets every field of a record, so that a field added,
+// renamed or retyped shows in the golden file.
+func goldenRecord() *Record {
+	return &Record{
+		Name: "nr-42-0123456789ab", JobID: "42", State: StateRunning, Mode: "boot", Storage: StorageBtrfs,
+		Image: "bookworm", ImagePath: "/var/lib/nspawn-runner/bookworm", ImageDev: 41, ImageIno: 256,
+		Tree:       "/var/lib/nspawn-runner/.machines/nr-42-0123456789ab/root",
+		MachineDir: "/var/lib/nspawn-runner/.machines/nr-42-0123456789ab",
+		RunDir:     "/run/nspawn-runner/machines/nr-42-0123456789ab", Cgroup: "nspawn-runner/nr-42-0123456789ab",
+		NspawnPID: 1000, NspawnStart: 123456, LeaderPID: 1001, LeaderStart: 123460,
+		Path: []string{"/usr/local/bin/gitlab-runner-dir"}, Env: []string{"A=b"},
+		Binds: []Bind{
+			{Host: "/var/cache/nspawn-runner/x-0123-42", Machine: "/cache"},
+			{Host: "/usr/bin/gitlab-runner", Machine: "/usr/local/bin/gitlab-runner", ReadOnly: true},
+		},
+		Created: time.Date(2026, 12, 4, 5, 30, 0, 123456789, time.UTC),
+	}
+}
+
+// TestRecordFormat: the record on disk is exactly testdata/record.json.
+// Records outlive the binary that wrote them (an upgrade while machines
+// run: the new binary runs their stages and cleans them up), so the
+// format changes only on purpose: then readRecord must still read the old
+// format (add a test like TestRecordUntaggedBinds) and the golden file is
+// rewritten.
+func TestRecordFormat(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.json")
+	if err := writeRecord(path, goldenRecord()); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(filepath.Join("testdata", "record.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("the record format changed (read the comment of this test):\ngot:\n%s\nwant (testdata/record.json):\n%s", got, want)
+	}
+	r, err := readRecord(filepath.Join("testdata", "record.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(r, goldenRecord()) {
+		t.Errorf("readRecord(testdata/record.json) = %+v, want %+v", r, goldenRecord())
+	}
+}
+
+// TestRecordUntaggedBinds: records written before the record had its own
+// Bind type stored sys/nspawn's untagged struct; they still read.
+func TestRecordUntaggedBinds(t *testing.T) {
+	r, err := readRecord(filepath.Join("testdata", "record-untagged-binds.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(r, goldenRecord()) {
+		t.Errorf("readRecord(testdata/record-untagged-binds.json) = %+v, want %+v", r, goldenRecord())
+	}
+}
