@@ -18,7 +18,6 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
 	"github.com/nspawn-runner/nspawn-runner/machine"
 	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
-	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
 // machine.Manager.Run enters a machine from a locked thread that it never
@@ -76,7 +75,7 @@ func testMaintainWhileJobsRun(t *testing.T, storage string) {
 		CgroupParent: "nrt-pv-" + hex.EncodeToString(rnd[:]),
 	}
 	signal := t.TempDir()
-	binds := []nspawn.Bind{{Host: signal, Machine: "/nrt-pv-signal"}}
+	binds := []machine.Bind{{Host: signal, Machine: "/nrt-pv-signal"}}
 	key := "0123456789abcdef"
 	ids := []string{"1", "2", "3", "4"}
 	t.Cleanup(func() {
