@@ -76,3 +76,18 @@ func (c ExecutorConfig) JSON() ([]byte, error) {
 	}
 	return append(b, '\n'), nil
 }
+
+// RunArgs picks the stage script and the stage name from run_exec's
+// arguments: gitlab-runner appends them to the configured run_args
+// ("<run_args...> <script-path> <stage>"), so they are the last two,
+// whatever comes before. A single argument is the script of an unnamed
+// stage (a harness calling run by hand).
+func RunArgs(args []string) (script, stage string, err error) {
+	switch len(args) {
+	case 0:
+		return "", "", fmt.Errorf("run: no script path given")
+	case 1:
+		return args[0], "", nil
+	}
+	return args[len(args)-2], args[len(args)-1], nil
+}

@@ -64,3 +64,22 @@ func TestExecutorConfigJSON(t *testing.T) {
 		})
 	}
 }
+
+func TestRunArgs(t *testing.T) {
+	for _, tc := range []struct {
+		args          []string
+		script, stage string
+	}{
+		{[]string{"/tmp/s", "build_script"}, "/tmp/s", "build_script"},
+		{[]string{"--flag", "x", "/tmp/s", "step_release"}, "/tmp/s", "step_release"},
+		{[]string{"/tmp/s"}, "/tmp/s", ""},
+	} {
+		script, stage, err := RunArgs(tc.args)
+		if err != nil || script != tc.script || stage != tc.stage {
+			t.Errorf("RunArgs(%q) = %q, %q, %v; want %q, %q", tc.args, script, stage, err, tc.script, tc.stage)
+		}
+	}
+	if _, _, err := RunArgs(nil); err == nil {
+		t.Error("RunArgs(nil) succeeded")
+	}
+}

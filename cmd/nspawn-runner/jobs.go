@@ -118,9 +118,9 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 		if !ok1 || !ok2 {
 			return errors.New("standard output and error must be files")
 		}
-		script, stage := run.args[len(run.args)-1], ""
-		if len(run.args) >= 2 {
-			script, stage = run.args[len(run.args)-2], run.args[len(run.args)-1]
+		script, stage, err := gitlab.RunArgs(run.args)
+		if err != nil {
+			return err
 		}
 		err = g.manager(&run.machineFlags).Run(ctx, machine.RunRequest{JobID: job.ID, Key: job.Key, Script: script, Stage: stage, Stdout: stdout, Stderr: stderr})
 		var ee *machine.ExitError
