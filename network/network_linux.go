@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -244,11 +247,10 @@ func (n *Network) Attach(name, dir string) (att *Attachment, err error) {
 			return nil, err
 		}
 	}
-	addr, err := n.allocate()
-	if err != nil {
-		return nil, err
-	}
-	a := allocation{Name: name, Addr: addr.String(), Port: PortName(addr), Bridge: n.Bridge, Table: n.table(), Namespace: nsPath(dir)}
+	// The allocation is written before anything exists, and rewritten
+	// with the address before the veth is made: whatever a crash leaves,
+	// Detach and Reclaim find it from this file.
+	a := allocation{Name: name, Bridge: n.Bridge, Table: n.table(), Namespace: nsPath(dir)}
 	if err := writeAlloc(n.allocPath(name), a); err != nil {
 		return nil, err
 	}
@@ -259,12 +261,6 @@ func (n *Network) Attach(name, dir string) (att *Attachment, err error) {
 			}
 		}
 	}()
-	gw := Gateway(n.Subnet)
-	// The port's rules come first: its frames are filtered from the
-	// moment it joins the bridge.
-	if err := h.nft.AddPort(a.Table, a.Port, addr); err != nil {
-		return nil, err
-	}
 	if err := netns.New(a.Namespace); err != nil {
 		return nil, err
 	}
@@ -273,17 +269,25 @@ func (n *Network) Attach(name, dir string) (att *Attachment, err error) {
 		return nil, err
 	}
 	defer mns.Close()
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: a.Port, MTU: br.Attrs().MTU, MasterIndex: br.Attrs().Index},
-		PeerName:      MachineLink,
-		PeerNamespace: netlink.NsFd(int(mns.Fd())),
+	addr, err := n.claim(h, &a, mns, br.Attrs().MTU)
+	if err != nil {
+		return nil, err
 	}
-	if err := h.nl.LinkAdd(veth); err != nil {
-		return nil, fmt.Errorf("create veth %s: %w (is veth in the kernel?)", a.Port, err)
+	gw := Gateway(n.Subnet)
+	// The port's rules come before it joins the bridge: its frames are
+	// filtered from the first.
+	if err := h.nft.AddPort(a.Table, a.Port, addr, n.tag(a.Port)); err != nil {
+		return nil, err
 	}
 	port, err := h.nl.LinkByName(a.Port)
 	if err != nil {
 		return nil, fmt.Errorf("veth %s: %w", a.Port, err)
+	}
+	if err := h.nl.LinkSetAlias(port, n.alias(name)); err != nil {
+		return nil, fmt.Errorf("name veth %s: %w", a.Port, err)
+	}
+	if err := h.nl.LinkSetMaster(port, br); err != nil {
+		return nil, fmt.Errorf("add %s to bridge %s: %w", a.Port, n.Bridge, err)
 	}
 	// Isolated bridge ports forward only to non-isolated ones (the
 	// bridge itself): machines never reach each other at layer 2.
@@ -303,6 +307,55 @@ func (n *Network) Attach(name, dir string) (att *Attachment, err error) {
 	n.log().Info("private network", "machine", name, "addr", addr, "port", a.Port, "bridge", n.Bridge, "dns", dns.Nameservers, "dns_from", dns.Source)
 	return &Attachment{Namespace: a.Namespace, ResolvConf: rp, Addr: addr, Gateway: gw, Port: a.Port}, nil
 }
+
+// claim picks a free address and creates the veth named after it, its
+// peer directly in the machine's namespace as eth0. The name is the
+// claim: runners with other state directories sharing the bridge may
+// pick the same address at once, and the one whose veth exists first
+// keeps it (the other sees EEXIST and takes the next).
+func (n *Network) claim(h *host, a *allocation, mns *os.File, mtu int) (netip.Addr, error) {
+	tried := map[netip.Addr]bool{}
+	for range 64 {
+		addr, err := n.allocate(h, tried)
+		if err != nil {
+			return addr, err
+		}
+		a.Addr, a.Port = addr.String(), PortName(addr)
+		if err := writeAlloc(n.allocPath(a.Name), *a); err != nil {
+			return addr, err
+		}
+		veth := &netlink.Veth{
+			LinkAttrs:     netlink.LinkAttrs{Name: a.Port, MTU: mtu},
+			PeerName:      MachineLink,
+			PeerNamespace: netlink.NsFd(int(mns.Fd())),
+		}
+		err = h.nl.LinkAdd(veth)
+		if err == nil {
+			return addr, nil
+		}
+		if !errors.Is(err, unix.EEXIST) {
+			a.Addr, a.Port = "", ""
+			_ = writeAlloc(n.allocPath(a.Name), *a)
+			return addr, fmt.Errorf("create veth %s: %w (is veth in the kernel?)", PortName(addr), err)
+		}
+		tried[addr] = true
+	}
+	return netip.Addr{}, fmt.Errorf("no free address in machine.subnet %s after 64 tries", n.Subnet)
+}
+
+// owner tells our ports and rules from those of runners with another
+// state directory sharing the bridge: a hash of StateDir.
+func (n *Network) owner() string {
+	h := fnv.New32a()
+	h.Write([]byte(n.StateDir))
+	return fmt.Sprintf("%08x", h.Sum32())
+}
+
+// tag is the comment of a port's nftables rules.
+func (n *Network) tag(port string) string { return port + "@" + n.owner() }
+
+// alias is the ifalias of a machine's veth: who made it, for whom.
+func (n *Network) alias(name string) string { return "nspawn-runner " + n.owner() + " " + name }
 
 func cmpOr(a, b string) string {
 	if a != "" {
@@ -449,16 +502,26 @@ func (n *Network) enableForwarding(h *host) error {
 	return netns.Do(h.ns, do)
 }
 
-// allocate returns the lowest free machine address. The caller holds
-// the lock.
-func (n *Network) allocate() (netip.Addr, error) {
-	used := map[netip.Addr]bool{}
+// allocate returns the lowest machine address not in used, not
+// allocated here and without a veth (of any runner sharing the bridge).
+// The caller holds the lock.
+func (n *Network) allocate(h *host, used map[netip.Addr]bool) (netip.Addr, error) {
+	used = maps.Clone(used)
 	allocs, err := n.allocations()
 	if err != nil {
 		return netip.Addr{}, err
 	}
 	for _, a := range allocs {
 		if ad, err := netip.ParseAddr(a.Addr); err == nil {
+			used[ad] = true
+		}
+	}
+	links, err := h.nl.LinkList()
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		if ad, ok := portAddr(l.Attrs().Name); ok {
 			used[ad] = true
 		}
 	}
@@ -551,15 +614,35 @@ func (n *Network) Detach(name, dir string) error {
 	return n.detachLocked(h, a)
 }
 
+// ownsUnnamed: a veth without an alias is ours when its peer lives in
+// the machine's namespace (a crash between creating it and naming it).
+func (n *Network) ownsUnnamed(l netlink.Link, a allocation) bool {
+	f, err := netns.Open(a.Namespace)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	inner, err := handleIn(f)
+	if err != nil {
+		return false
+	}
+	defer inner.Close()
+	peer, err := inner.LinkByName(MachineLink)
+	return err == nil && peer.Attrs().ParentIndex == l.Attrs().Index
+}
+
 func (n *Network) detachLocked(h *host, a allocation) error {
 	var errs []error
-	if l, err := h.nl.LinkByName(a.Port); err == nil {
-		if err := h.nl.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
-			errs = append(errs, fmt.Errorf("delete veth %s: %w", a.Port, err))
+	if a.Port != "" {
+		// Only our own: after a crash the name may be another runner's.
+		if l, err := h.nl.LinkByName(a.Port); err == nil && (l.Attrs().Alias == n.alias(a.Name) || l.Attrs().Alias == "" && n.ownsUnnamed(l, a)) {
+			if err := h.nl.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+				errs = append(errs, fmt.Errorf("delete veth %s: %w", a.Port, err))
+			}
 		}
-	}
-	if err := h.nft.DelPort(a.Table, a.Port); err != nil {
-		errs = append(errs, err)
+		if err := h.nft.DelPort(a.Table, n.tag(a.Port)); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := netns.Remove(a.Namespace); err != nil {
 		errs = append(errs, err)
@@ -618,19 +701,21 @@ func (n *Network) Reclaim(exists func(name string) bool) ([]string, error) {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("list links: %w", err))
 		}
+		mine := "nspawn-runner " + n.owner() + " "
 		for _, l := range links {
 			name := l.Attrs().Name
-			if l.Attrs().MasterIndex == br.Attrs().Index && isPortName(name) && !ports[name] {
+			if l.Attrs().MasterIndex == br.Attrs().Index && isPortName(name) && !ports[name] && strings.HasPrefix(l.Attrs().Alias, mine) {
 				if err := h.nl.LinkDel(l); err != nil {
 					errs = append(errs, fmt.Errorf("delete stray veth %s: %w", name, err))
 				}
 			}
 		}
 	}
-	if names, err := h.nft.Ports(n.table()); err == nil {
-		for _, p := range names {
-			if !ports[p] {
-				if err := h.nft.DelPort(n.table(), p); err != nil {
+	if tags, err := h.nft.Ports(n.table()); err == nil {
+		for _, tg := range tags {
+			p, own, _ := strings.Cut(tg, "@")
+			if own == n.owner() && !ports[p] {
+				if err := h.nft.DelPort(n.table(), tg); err != nil {
 					errs = append(errs, err)
 				}
 			}
@@ -646,8 +731,21 @@ func (n *Network) Reclaim(exists func(name string) bool) ([]string, error) {
 	return gone, errors.Join(errs...)
 }
 
-// removeShared deletes our tables and the bridge (no machine uses them).
+// removeShared deletes our tables and the bridge when no port is left on
+// it (other runners sharing the bridge may still have machines).
 func (n *Network) removeShared(h *host) error {
+	br, err := h.nl.LinkByName(n.Bridge)
+	if err == nil {
+		links, err := h.nl.LinkList()
+		if err != nil {
+			return fmt.Errorf("list links: %w", err)
+		}
+		for _, l := range links {
+			if l.Attrs().MasterIndex == br.Attrs().Index {
+				return nil
+			}
+		}
+	}
 	if err := h.nft.Delete(n.table()); err != nil {
 		return err
 	}
@@ -661,13 +759,25 @@ func (n *Network) removeShared(h *host) error {
 }
 
 func isPortName(s string) bool {
+	_, ok := portAddr(s)
+	return ok
+}
+
+// portAddr is the address a port name stands for (PortName's inverse).
+func portAddr(s string) (netip.Addr, bool) {
 	if len(s) != 10 || !strings.HasPrefix(s, "nr") {
-		return false
+		return netip.Addr{}, false
 	}
 	for _, c := range s[2:] {
 		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
+			return netip.Addr{}, false
 		}
 	}
-	return true
+	v, err := strconv.ParseUint(s[2:], 16, 32)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], uint32(v))
+	return netip.AddrFrom4(b), true
 }

@@ -338,6 +338,62 @@ func TestConcurrentAttachDetachReclaim(t *testing.T) {
 	}
 }
 
+// Two runners with their own state directories share the bridge: their
+// machines get distinct addresses, and one's gc leaves the other's
+// machines and the bridge alone.
+func TestTwoRunnersShareBridge(t *testing.T) {
+	w := newWorld(t)
+	n1, n2 := w.network(t), w.network(t)
+	n2.StateDir = filepath.Join(w.dir, "state2")
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	seen := map[netip.Addr]bool{}
+	for i := range 8 {
+		n := n1
+		if i%2 == 1 {
+			n = n2
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dir := filepath.Join(w.dir, fmt.Sprintf("m%d", i))
+			_ = os.MkdirAll(dir, 0o700)
+			a, err := n.Attach(fmt.Sprintf("m%d", i), dir)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				t.Errorf("Attach m%d: %v", i, err)
+				return
+			}
+			if seen[a.Addr] {
+				t.Errorf("address %s given twice", a.Addr)
+			}
+			seen[a.Addr] = true
+		}()
+	}
+	wg.Wait()
+	gone, err := n1.Reclaim(func(string) bool { return false })
+	if err != nil || len(gone) != 4 {
+		t.Fatalf("Reclaim of the first runner = %q, %v", gone, err)
+	}
+	hh := handle(t, w.open(t, w.host))
+	if _, err := hh.LinkByName("nrt-br"); err != nil {
+		t.Errorf("the first runner's gc removed the bridge the second still uses: %v", err)
+	}
+	left, _ := n2.allocations()
+	for _, a := range left {
+		if _, err := hh.LinkByName(a.Port); err != nil {
+			t.Errorf("the first runner's gc removed %s of the second: %v", a.Port, err)
+		}
+	}
+	if gone, err := n2.Reclaim(func(string) bool { return false }); err != nil || len(gone) != 4 {
+		t.Fatalf("Reclaim of the second runner = %q, %v", gone, err)
+	}
+	if _, err := hh.LinkByName("nrt-br"); err == nil {
+		t.Errorf("bridge left when no runner has machines")
+	}
+}
+
 // A subnet already used by an interface of the host is refused with one
 // line, and nothing is left.
 func TestAttachRefusesOverlap(t *testing.T) {

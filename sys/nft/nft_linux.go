@@ -147,14 +147,15 @@ func (c *Conn) Apply(p Policy) error {
 
 // AddPort lets frames from the bridge port named port through as IPv4
 // from addr and ARP for addr; everything else from it is dropped. Add
-// them before the port joins the bridge.
-func (c *Conn) AddPort(table, port string, addr netip.Addr) error {
+// them before the port joins the bridge. The rules carry tag as their
+// comment: DelPort and Ports know them by it.
+func (c *Conn) AddPort(table, port string, addr netip.Addr, tag string) error {
 	if !addr.Is4() {
 		return fmt.Errorf("nftables: port %s: %s is not IPv4", port, addr)
 	}
 	bt := bridgeTable(table)
 	ch := &nftables.Chain{Name: portsChain, Table: bt}
-	ud := userdata.AppendString(nil, userdata.TypeComment, port)
+	ud := userdata.AppendString(nil, userdata.TypeComment, tag)
 	a := addr.As4()
 	// ETH_P_IP and ETH_P_ARP in network order (meta protocol).
 	for _, m := range []struct {
@@ -180,17 +181,17 @@ func (c *Conn) AddPort(table, port string, addr netip.Addr) error {
 	return nil
 }
 
-// DelPort deletes the rules of port. Missing rules or tables are fine.
-func (c *Conn) DelPort(table, port string) error {
+// DelPort deletes the rules tagged tag. Missing rules or tables are fine.
+func (c *Conn) DelPort(table, tag string) error {
 	rules, err := c.portRules(table)
 	if err != nil {
 		return err
 	}
 	n := 0
 	for _, r := range rules {
-		if name, _ := userdata.GetString(r.UserData, userdata.TypeComment); name == port {
+		if name, _ := userdata.GetString(r.UserData, userdata.TypeComment); name == tag {
 			if err := c.c.DelRule(r); err != nil {
-				return fmt.Errorf("nftables: delete rule of port %s: %w", port, err)
+				return fmt.Errorf("nftables: delete rule %s: %w", tag, err)
 			}
 			n++
 		}
@@ -199,12 +200,12 @@ func (c *Conn) DelPort(table, port string) error {
 		return nil
 	}
 	if err := c.c.Flush(); err != nil {
-		return fmt.Errorf("nftables: delete rules of port %s in table %s: %w", port, table, err)
+		return fmt.Errorf("nftables: delete rules %s in table %s: %w", tag, table, err)
 	}
 	return nil
 }
 
-// Ports lists the ports that have rules in table.
+// Ports lists the tags of the per-port rules in table.
 func (c *Conn) Ports(table string) ([]string, error) {
 	rules, err := c.portRules(table)
 	if err != nil {

@@ -74,10 +74,10 @@ func TestApplyPortsDelete(t *testing.T) {
 	if first == 0 {
 		t.Fatal("no rules in the ip table after Apply")
 	}
-	if err := c.AddPort(table, "nrt-p1", netip.MustParseAddr("10.250.0.2")); err != nil {
+	if err := c.AddPort(table, "nrt-p1", netip.MustParseAddr("10.250.0.2"), "nrt-p1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.AddPort(table, "nrt-p2", netip.MustParseAddr("10.250.0.3")); err != nil {
+	if err := c.AddPort(table, "nrt-p2", netip.MustParseAddr("10.250.0.3"), "nrt-p2"); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Apply(p); err != nil {
