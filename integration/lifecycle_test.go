@@ -27,6 +27,7 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
 	"github.com/nspawn-runner/nspawn-runner/sys/mount"
 	"github.com/nspawn-runner/nspawn-runner/sys/netns"
+	"github.com/nspawn-runner/nspawn-runner/sys/treecopy"
 )
 
 // lcBinary is the binary this package's TestMain builds once and removes
@@ -90,7 +91,7 @@ func newLCHost(t testing.TB, btrfsRoot bool, machineYAML string) *lcHost {
 			t.Fatal(err)
 		}
 	}
-	if _, err := mount.CopyTree(image, dst, mount.CopyOptions{}); err != nil {
+	if _, err := treecopy.Copy(context.Background(), image, dst, treecopy.Options{}); err != nil {
 		t.Fatalf("copy the test image: %v", err)
 	}
 	run, err := os.MkdirTemp("", "nrt-lc-run-")
@@ -445,7 +446,7 @@ func TestLifecycleOverlay(t *testing.T) {
 // deletes it.
 func lcRemoveInUse(t *testing.T, h *lcHost) {
 	ctx := context.Background()
-	if _, err := mount.CopyTree(filepath.Join(h.root, "bookworm"), filepath.Join(h.root, "doomed"), mount.CopyOptions{}); err != nil {
+	if _, err := treecopy.Copy(context.Background(), filepath.Join(h.root, "bookworm"), filepath.Join(h.root, "doomed"), treecopy.Options{}); err != nil {
 		t.Fatalf("copy the image: %v", err)
 	}
 	j := h.newJob()

@@ -16,7 +16,7 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/bootstrap"
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
 	"github.com/nspawn-runner/nspawn-runner/sys/flock"
-	"github.com/nspawn-runner/nspawn-runner/sys/mount"
+	"github.com/nspawn-runner/nspawn-runner/sys/treecopy"
 )
 
 // ErrBusy is returned with NoWait when another create, remove or
@@ -255,7 +255,7 @@ func (m *Maintainer) maintain(ctx context.Context, name, playbook string, update
 		meta = bootstrap.Meta{Created: time.Now().UTC(), Suite: o.Suite, Mirror: o.Mirror, Packages: bootstrap.Packages(o.Packages)}
 	} else {
 		m.progress(name, "copying the image to %s", ws)
-		how, err := copyImage(live, ws)
+		how, err := copyImage(ctx, live, ws)
 		if err != nil {
 			return fmt.Errorf("maintain image %s: %w", name, err)
 		}
@@ -313,7 +313,7 @@ func firstNonEmpty(s ...string) string {
 // copyImage fills the empty workspace ws with a copy of the image live: a
 // btrfs snapshot when both are subvolumes (ws is then replaced by the
 // snapshot), else a reflink copy that falls back to a plain one per file.
-func copyImage(live, ws string) (string, error) {
+func copyImage(ctx context.Context, live, ws string) (string, error) {
 	liveSub, _ := btrfs.IsSubvolume(live)
 	wsSub, _ := btrfs.IsSubvolume(ws)
 	if liveSub && wsSub {
@@ -325,7 +325,7 @@ func copyImage(live, ws string) (string, error) {
 		}
 		return "btrfs snapshot", nil
 	}
-	st, err := mount.CopyTree(live, ws, mount.CopyOptions{})
+	st, err := treecopy.Copy(ctx, live, ws, treecopy.Options{})
 	if err != nil {
 		return "", fmt.Errorf("copy image: %w", err)
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
 	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 	"github.com/nspawn-runner/nspawn-runner/sys/mount"
+	"github.com/nspawn-runner/nspawn-runner/sys/treecopy"
 )
 
 // syncBuffer is a bytes.Buffer several goroutines write to, with a way to
@@ -85,7 +86,7 @@ func seedImage(t *testing.T, root, name string) string {
 			t.Fatal(err)
 		}
 	}
-	if _, err := mount.CopyTree(src, p, mount.CopyOptions{}); err != nil {
+	if _, err := treecopy.Copy(context.Background(), src, p, treecopy.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	return p

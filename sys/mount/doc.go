@@ -1,10 +1,8 @@
 // Package mount wraps the Linux mount interfaces a machine needs: mount(2)
 // for bind, read-only bind, overlay and tmpfs mounts and for propagation
 // changes, mount_setattr(2) for recursive read-only binds, umount2(2) with
-// MNT_DETACH for idempotent teardown, the mountinfo file of proc(5)
-// (/proc/thread-self/mountinfo) to find what is mounted, and a tree copy that
-// shares extents with ioctl_ficlone(2) (FICLONE) where the filesystem can,
-// falling back to copy_file_range(2) and read/write where it cannot.
+// MNT_DETACH for idempotent teardown, and the mountinfo file of proc(5)
+// (/proc/thread-self/mountinfo) to find what is mounted.
 //
 // Every mount returns a *Mount whose Unmount undoes it; unmounting what is
 // no longer mounted is not an error, so teardown can always be repeated.

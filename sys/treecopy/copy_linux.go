@@ -1,31 +1,30 @@
-package mount
+package treecopy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// CopyOptions changes how CopyTree works.
-type CopyOptions struct {
+// Options changes how Copy works.
+type Options struct {
 	// NoReflink skips FICLONE and copies data with copy_file_range(2)
 	// and read/write. (On xfs and btrfs copy_file_range itself may still
 	// share extents; on ext4 and tmpfs it copies.)
 	NoReflink bool
 }
 
-// CopyStats counts what CopyTree did.
-type CopyStats struct {
+// Stats counts what Copy did.
+type Stats struct {
 	Files       int   // regular files (distinct inodes) created
 	Dirs        int   // directories, the root included
 	Cloned      int   // regular files whose data was shared with FICLONE
@@ -35,7 +34,7 @@ type CopyStats struct {
 	Specials    int // device nodes, fifos and sockets recreated with mknod
 }
 
-func (s *CopyStats) add(o CopyStats) {
+func (s *Stats) add(o Stats) {
 	s.Files += o.Files
 	s.Dirs += o.Dirs
 	s.Cloned += o.Cloned
@@ -45,27 +44,42 @@ func (s *CopyStats) add(o CopyStats) {
 	s.Specials += o.Specials
 }
 
-// CopyTree copies the directory tree src to dst, like `cp -a
-// --reflink=auto`: regular files share their extents with FICLONE where the
-// filesystem can (ioctl_ficlone(2)) and are copied otherwise, per file;
-// owners, modes (setuid, setgid and sticky included), timestamps, extended
-// attributes (ACLs and file capabilities included), symlinks, device
-// nodes, fifos, sockets and hard links are reproduced.
+// Copy copies the directory tree src to dst, like `cp -a --reflink=auto`:
+// regular files share their extents with FICLONE where the filesystem can
+// (ioctl_ficlone(2)) and are copied otherwise, per file; owners, modes
+// (setuid, setgid and sticky included), timestamps, extended attributes
+// (ACLs and file capabilities included), symlinks, device nodes, fifos,
+// sockets and hard links are reproduced.
 //
 // dst must not exist or be an empty directory. Symlinks inside src are
 // copied, never followed: every lookup in src is relative to an open
 // directory with symlinks refused (openat2(2) RESOLVE_NO_SYMLINKS, or
 // O_NOFOLLOW per component). Mount points inside src are crossed.
 // dst may not lie inside src. Nothing is fsynced: call syncfs(2) or
-// sync(2) when the copy must survive a crash. On error dst is left partly
-// copied for the caller to remove.
-func CopyTree(src, dst string, opts CopyOptions) (CopyStats, error) {
+// sync(2) when the copy must survive a crash.
+//
+// When ctx ends, the workers stop after the file (or the chunk of a large
+// file's data) each is copying, and Copy returns an error wrapping
+// context.Cause(ctx). On any error dst is left partly copied for the
+// caller to remove: Copy never removes anything, and never writes outside
+// dst.
+func Copy(ctx context.Context, src, dst string, opts Options) (Stats, error) {
+	if ctx.Err() != nil {
+		return Stats{}, fmt.Errorf("copy tree %s -> %s: %w", src, dst, context.Cause(ctx))
+	}
 	c, err := newCopier(src, dst, opts)
 	if err != nil {
-		return CopyStats{}, fmt.Errorf("copy tree %s -> %s: %w", src, dst, err)
+		return Stats{}, fmt.Errorf("copy tree %s -> %s: %w", src, dst, err)
 	}
 	defer c.close()
+	stop := context.AfterFunc(ctx, func() { c.fail(context.Cause(ctx)) })
+	defer stop()
 	st, err := c.run()
+	if err == nil && ctx.Err() != nil {
+		// Cancelled after the last check: what was copied is complete,
+		// but the caller asked to stop, and may already be removing dst.
+		err = context.Cause(ctx)
+	}
 	if err != nil {
 		return st, fmt.Errorf("copy tree %s -> %s: %w", src, dst, err)
 	}
@@ -102,7 +116,7 @@ type xattr struct {
 type link struct{ first, rel string }
 
 type copier struct {
-	opts     CopyOptions
+	opts     Options
 	src, dst string
 	srcRoot  int
 	dstRoot  int
@@ -120,7 +134,7 @@ type copier struct {
 	inodes map[inodeKey]string // first dst rel path of an inode with nlink > 1
 	links  []link
 	dirs   []dirMeta
-	stats  CopyStats
+	stats  Stats
 }
 
 // batch is how many entries of one directory a task copies; big
@@ -128,7 +142,7 @@ type copier struct {
 const batch = 64
 
 // newCopier opens both roots; on error it has closed what it opened.
-func newCopier(src, dst string, opts CopyOptions) (_ *copier, err error) {
+func newCopier(src, dst string, opts Options) (_ *copier, err error) {
 	c := &copier{opts: opts, src: filepath.Clean(src), dst: filepath.Clean(dst), srcRoot: -1, dstRoot: -1,
 		inodes: make(map[inodeKey]string)}
 	c.cond = sync.NewCond(&c.mu)
@@ -234,25 +248,43 @@ func (c *copier) pop() (copyTask, bool) {
 	return t, true
 }
 
+// finish ends a task that push queued, with its error if it failed.
 func (c *copier) finish(err error) {
 	c.mu.Lock()
 	c.pending--
-	if err != nil && c.err == nil {
-		c.err = err
-		c.failed.Store(true)
-	}
-	wake := c.pending == 0 || err != nil
+	wake := c.pending == 0
 	c.mu.Unlock()
-	if wake {
+	if err != nil {
+		c.fail(err)
+	} else if wake {
 		c.cond.Broadcast()
 	}
 }
 
-func (c *copier) run() (CopyStats, error) {
+// failure is the error that stopped the copy, if any.
+func (c *copier) failure() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// fail stops the copy with err (the first one wins): workers finish the
+// entry they copy and take no more tasks.
+func (c *copier) fail(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+		c.failed.Store(true)
+	}
+	c.mu.Unlock()
+	c.cond.Broadcast()
+}
+
+func (c *copier) run() (Stats, error) {
 	c.push(copyTask{dir: "."})
 	n := runtime.GOMAXPROCS(0) * 2
 	var wg sync.WaitGroup
-	stats := make([]CopyStats, n)
+	stats := make([]Stats, n)
 	dirs := make([][]dirMeta, n)
 	for i := 0; i < n; i++ {
 		wg.Add(1)
@@ -275,11 +307,14 @@ func (c *copier) run() (CopyStats, error) {
 		c.stats.add(stats[i])
 		c.dirs = append(c.dirs, dirs[i]...)
 	}
-	if c.err != nil {
-		return c.stats, c.err
+	if err := c.failure(); err != nil {
+		return c.stats, err
 	}
 	// Hard links last, once every first copy is complete.
 	for _, l := range c.links {
+		if c.failed.Load() {
+			return c.stats, c.failure()
+		}
 		if err := linkRetry(filepath.Join(c.dst, l.first), filepath.Join(c.dst, l.rel)); err != nil {
 			return c.stats, fmt.Errorf("link %s to %s: %w", l.rel, l.first, err)
 		}
@@ -291,6 +326,9 @@ func (c *copier) run() (CopyStats, error) {
 	// would be inherited.
 	slices.SortFunc(c.dirs, func(a, b dirMeta) int { return depth(b.rel) - depth(a.rel) })
 	for _, d := range c.dirs {
+		if c.failed.Load() {
+			return c.stats, c.failure()
+		}
 		p := filepath.Join(c.dst, d.rel)
 		if d.rel == "." {
 			// dst itself may have inherited ACLs from its parent.
@@ -332,7 +370,7 @@ type worker struct {
 	xlist []byte // flistxattr; XATTR_LIST_MAX is 64 KiB
 	xval  []byte // fgetxattr; XATTR_SIZE_MAX is 64 KiB
 	st    unix.Stat_t
-	stats CopyStats
+	stats Stats
 	dirs  []dirMeta
 }
 
@@ -394,51 +432,6 @@ func (w *worker) dirSelf(rel string, srcDir, dstDir int) error {
 	w.dirs = append(w.dirs, d)
 	w.stats.Dirs++
 	return err
-}
-
-// readDir returns the entries of the open directory fd, parsing struct
-// linux_dirent64 (getdents64(2)) to keep d_type.
-func (w *worker) readDir(fd int) ([]dirent, error) {
-	var out []dirent
-	for {
-		n, err := unix.Getdents(fd, w.buf)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		if n <= 0 {
-			return out, nil
-		}
-		b := w.buf[:n]
-		for len(b) > 0 {
-			// struct linux_dirent64 { u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
-			reclen := int(*(*uint16)(unsafe.Pointer(&b[16])))
-			if reclen < 20 || reclen > len(b) {
-				return nil, fmt.Errorf("bad dirent record length %d", reclen)
-			}
-			typ := b[18]
-			name := b[19:reclen]
-			if i := indexNUL(name); i >= 0 {
-				name = name[:i]
-			}
-			b = b[reclen:]
-			if string(name) == "." || string(name) == ".." {
-				continue
-			}
-			out = append(out, dirent{name: string(name), typ: typ})
-		}
-	}
-}
-
-func indexNUL(b []byte) int {
-	for i, c := range b {
-		if c == 0 {
-			return i
-		}
-	}
-	return -1
 }
 
 func (w *worker) entry(srcDir, dstDir int, e dirent, rel string) error {
@@ -599,321 +592,4 @@ func (w *worker) file(src, dstDir int, name, rel string) error {
 		return &os.PathError{Op: "utimensat", Path: dstPath(), Err: err}
 	}
 	return nil
-}
-
-// copyData copies the bytes of src to dst: copy_file_range(2) in the
-// kernel, read/write where that is not supported. A sparse file (fewer
-// blocks than its size) is copied extent by extent with SEEK_DATA and
-// SEEK_HOLE so that its holes stay holes.
-func (w *worker) copyData(src, dst int, st *unix.Stat_t) (int64, error) {
-	size := st.Size
-	if st.Blocks*512 >= size {
-		return w.copyRange(src, dst, 0, size)
-	}
-	var total int64
-	var off int64
-	for off < size {
-		data, err := unix.Seek(src, off, unix.SEEK_DATA)
-		if err == unix.ENXIO {
-			break // only a hole remains
-		}
-		if err != nil {
-			// No SEEK_DATA support: copy everything.
-			n, err := w.copyRange(src, dst, off, size-off)
-			return total + n, err
-		}
-		hole, err := unix.Seek(src, data, unix.SEEK_HOLE)
-		if err != nil {
-			return total, err
-		}
-		n, err := w.copyRange(src, dst, data, hole-data)
-		total += n
-		if err != nil {
-			return total, err
-		}
-		off = hole
-	}
-	if err := unix.Ftruncate(dst, size); err != nil {
-		return total, err
-	}
-	return total, nil
-}
-
-// copyRange copies n bytes at off from src to dst at the same offset.
-func (w *worker) copyRange(src, dst int, off, n int64) (int64, error) {
-	roff, woff := off, off
-	end := off + n
-	for roff < end {
-		chunk := end - roff
-		if chunk > 1<<30 {
-			chunk = 1 << 30
-		}
-		m, err := unix.CopyFileRange(src, &roff, dst, &woff, int(chunk), 0)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			switch err {
-			case unix.EXDEV, unix.EOPNOTSUPP, unix.ENOSYS, unix.EINVAL:
-				// Different filesystem types (Linux 5.19 and later) or no
-				// support: sendfile(2) still copies inside the kernel.
-				k, err := w.sendfile(src, dst, roff, end-roff)
-				return roff - off + k, err
-			}
-			return roff - off, err
-		}
-		if m == 0 {
-			break // the file shrank meanwhile
-		}
-	}
-	return roff - off, nil
-}
-
-// sendfile copies n bytes at off with sendfile(2), falling back to
-// read/write where it cannot.
-func (w *worker) sendfile(src, dst int, off, n int64) (int64, error) {
-	if _, err := unix.Seek(dst, off, unix.SEEK_SET); err != nil {
-		return 0, err
-	}
-	roff, end := off, off+n
-	for roff < end {
-		chunk := end - roff
-		if chunk > 1<<30 {
-			chunk = 1 << 30
-		}
-		m, err := unix.Sendfile(dst, src, &roff, int(chunk))
-		if err == unix.EINTR || err == unix.EAGAIN {
-			continue
-		}
-		if err == unix.EINVAL || err == unix.ENOSYS {
-			k, err := w.readWrite(src, dst, roff, end-roff)
-			return roff - off + k, err
-		}
-		if err != nil {
-			return roff - off, err
-		}
-		if m == 0 {
-			break
-		}
-	}
-	return roff - off, nil
-}
-
-func (w *worker) readWrite(src, dst int, off, n int64) (int64, error) {
-	var done int64
-	for done < n {
-		want := int64(len(w.buf))
-		if n-done < want {
-			want = n - done
-		}
-		r, err := unix.Pread(src, w.buf[:want], off+done)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return done, err
-		}
-		if r == 0 {
-			break
-		}
-		for p := 0; p < r; {
-			k, err := unix.Pwrite(dst, w.buf[p:r], off+done+int64(p))
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				return done, err
-			}
-			p += k
-		}
-		done += int64(r)
-	}
-	return done, nil
-}
-
-// skipXattr names the xattrs not to copy: xfs lists a file's ACLs a second
-// time under their on-disk names (fs/xfs/libxfs/xfs_da_format.h), which
-// system.posix_acl_* already carry and which mean nothing elsewhere.
-func skipXattr(name string) bool {
-	return name == "trusted.SGI_ACL_FILE" || name == "trusted.SGI_ACL_DEFAULT"
-}
-
-// listXattrs calls fn with each extended attribute of the open file src;
-// the value is only valid during the call.
-func (w *worker) listXattrs(src int, rel string, fn func(name string, v []byte) error) error {
-	n, err := unix.Flistxattr(src, w.xlist)
-	if err == unix.ENOTSUP || (err == nil && n == 0) {
-		return nil
-	}
-	if err != nil {
-		return &os.PathError{Op: "listxattr", Path: filepath.Join(w.c.src, rel), Err: err}
-	}
-	for _, name := range splitNames(w.xlist[:n]) {
-		if skipXattr(name) {
-			continue
-		}
-		v, err := unix.Fgetxattr(src, name, w.xval)
-		if err == unix.ENODATA {
-			continue
-		}
-		if err != nil {
-			return &os.PathError{Op: "getxattr " + name, Path: filepath.Join(w.c.src, rel), Err: err}
-		}
-		if err := fn(name, w.xval[:v]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// fdXattrs copies every extended attribute of the open file src to dst.
-func (w *worker) fdXattrs(src, dst int, rel string) error {
-	return w.listXattrs(src, rel, func(name string, v []byte) error {
-		if err := unix.Fsetxattr(dst, name, v, 0); err != nil {
-			return &os.PathError{Op: "setxattr " + name, Path: filepath.Join(w.c.dst, rel), Err: err}
-		}
-		return nil
-	})
-}
-
-// pathXattrs copies the xattrs of a symlink or special file, which cannot
-// be opened for f*xattr. The names go through /proc/self/fd/DIRFD/NAME: the
-// directory is the one already open (no path lookup that could meet a
-// symlink) and the l* calls do not follow the last component.
-func (w *worker) pathXattrs(srcDir, dstDir int, name, rel string) error {
-	sp := "/proc/self/fd/" + strconv.Itoa(srcDir) + "/" + name
-	n, err := unix.Llistxattr(sp, w.xlist)
-	if err == unix.ENOTSUP || (err == nil && n == 0) {
-		return nil
-	}
-	if err != nil {
-		return &os.PathError{Op: "listxattr", Path: filepath.Join(w.c.src, rel), Err: err}
-	}
-	dp := "/proc/self/fd/" + strconv.Itoa(dstDir) + "/" + name
-	for _, x := range splitNames(w.xlist[:n]) {
-		if skipXattr(x) {
-			continue
-		}
-		v, err := unix.Lgetxattr(sp, x, w.xval)
-		if err == unix.ENODATA {
-			continue
-		}
-		if err != nil {
-			return &os.PathError{Op: "getxattr " + x, Path: filepath.Join(w.c.src, rel), Err: err}
-		}
-		if err := unix.Lsetxattr(dp, x, w.xval[:v], 0); err != nil {
-			return &os.PathError{Op: "setxattr " + x, Path: filepath.Join(w.c.dst, rel), Err: err}
-		}
-	}
-	return nil
-}
-
-func splitNames(b []byte) []string {
-	var out []string
-	for len(b) > 0 {
-		i := indexNUL(b)
-		if i < 0 {
-			i = len(b)
-		}
-		if i > 0 {
-			out = append(out, string(b[:i]))
-		}
-		if i == len(b) {
-			break
-		}
-		b = b[i+1:]
-	}
-	return out
-}
-
-// openBeneath opens the directory rel below root without following any
-// symlink: openat2(2) with RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS (Linux 5.6),
-// else one O_NOFOLLOW openat per component.
-func openBeneath(root int, rel string) (int, error) {
-	flags := uint64(unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC)
-	how := unix.OpenHow{Flags: flags, Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS}
-	for {
-		fd, err := unix.Openat2(root, rel, &how)
-		switch err {
-		case nil:
-			return fd, nil
-		case unix.EINTR, unix.EAGAIN:
-			// EAGAIN: a concurrent rename raced the lookup.
-			continue
-		case unix.ENOSYS:
-		default:
-			return -1, err
-		}
-		break
-	}
-	fd, err := unix.Dup(root)
-	if err != nil {
-		return -1, err
-	}
-	for _, part := range strings.Split(rel, "/") {
-		if part == "." || part == "" {
-			continue
-		}
-		if part == ".." {
-			unix.Close(fd)
-			return -1, unix.EXDEV
-		}
-		next, err := openatRetry(fd, part, int(flags), 0)
-		unix.Close(fd)
-		if err != nil {
-			return -1, err
-		}
-		fd = next
-	}
-	return fd, nil
-}
-
-func openRetry(path string, flags int, mode uint32) (int, error) {
-	for {
-		fd, err := unix.Open(path, flags, mode)
-		if err != unix.EINTR {
-			return fd, err
-		}
-	}
-}
-
-func openatRetry(dir int, name string, flags int, mode uint32) (int, error) {
-	for {
-		fd, err := unix.Openat(dir, name, flags, mode)
-		if err != unix.EINTR {
-			return fd, err
-		}
-	}
-}
-
-func fstat(fd int, st *unix.Stat_t) error {
-	for {
-		err := unix.Fstat(fd, st)
-		if err != unix.EINTR {
-			return err
-		}
-	}
-}
-
-func linkRetry(oldpath, newpath string) error {
-	for {
-		err := unix.Linkat(unix.AT_FDCWD, oldpath, unix.AT_FDCWD, newpath, 0)
-		if err != unix.EINTR {
-			return err
-		}
-	}
-}
-
-// readlinkat reads a symlink's target into buf, growing past it if needed.
-func readlinkat(dir int, name string, buf []byte) (string, error) {
-	for {
-		n, err := unix.Readlinkat(dir, name, buf)
-		if err != nil {
-			return "", err
-		}
-		if n < len(buf) {
-			return string(buf[:n]), nil
-		}
-		buf = make([]byte, 2*len(buf))
-	}
 }

@@ -1,6 +1,7 @@
-package mount_test
+package treecopy_test
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,18 +10,19 @@ import (
 
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
 	"github.com/nspawn-runner/nspawn-runner/sys/mount"
+	"github.com/nspawn-runner/nspawn-runner/sys/treecopy"
 )
 
-// benchCopy times CopyTree(src, dst) against `cp -a extra... src dst`, both
+// benchCopy times Copy(src, dst) against `cp -a extra... src dst`, both
 // on the filesystem of dir, alternating in one run so that cache state and
-// noise hit both alike. ns/op counts only CopyTree.
-func benchCopy(b *testing.B, src, dir string, opts mount.CopyOptions, cpArgs ...string) {
+// noise hit both alike. ns/op counts only Copy.
+func benchCopy(b *testing.B, src, dir string, opts treecopy.Options, cpArgs ...string) {
 	ours, theirs := filepath.Join(dir, "ours"), filepath.Join(dir, "cp")
 	var tOurs, tFloor time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		t0 := time.Now()
-		if _, err := mount.CopyTree(src, ours, opts); err != nil {
+		if _, err := treecopy.Copy(context.Background(), src, ours, opts); err != nil {
 			b.Fatal(err)
 		}
 		tOurs += time.Since(t0)
@@ -55,10 +57,10 @@ func BenchmarkCopyTreeReflink(b *testing.B) {
 	img := testutil.Image(b)
 	xfs := testutil.NewXFS(b, 2<<30)
 	base := filepath.Join(xfs, "base")
-	if _, err := mount.CopyTree(img, base, mount.CopyOptions{}); err != nil {
+	if _, err := treecopy.Copy(context.Background(), img, base, treecopy.Options{}); err != nil {
 		b.Fatal(err)
 	}
-	benchCopy(b, base, xfs, mount.CopyOptions{}, "--reflink=always")
+	benchCopy(b, base, xfs, treecopy.Options{}, "--reflink=always")
 }
 
 // BenchmarkCopyTreePlain: the image copied with data (no FICLONE) onto
@@ -84,7 +86,7 @@ func BenchmarkCopyTreePlain(b *testing.B) {
 			t0 := time.Now()
 			if first {
 				b.StartTimer()
-				if _, err := mount.CopyTree(img, ours, mount.CopyOptions{NoReflink: true}); err != nil {
+				if _, err := treecopy.Copy(context.Background(), img, ours, treecopy.Options{NoReflink: true}); err != nil {
 					b.Fatal(err)
 				}
 				b.StopTimer()

@@ -1,14 +1,17 @@
-package mount_test
+package treecopy_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -16,6 +19,7 @@ import (
 
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
 	"github.com/nspawn-runner/nspawn-runner/sys/mount"
+	"github.com/nspawn-runner/nspawn-runner/sys/treecopy"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,7 +51,7 @@ func aclUser1000() []byte {
 
 var fixedTime = time.Date(2001, 2, 3, 4, 5, 6, 789012345, time.UTC)
 
-// makeFixture builds a tree with every kind of thing mount.CopyTree must keep.
+// makeFixture builds a tree with every kind of thing mount.Copy must keep.
 func makeFixture(t *testing.T, root string) {
 	t.Helper()
 	must := func(err error) {
@@ -297,7 +301,7 @@ func equal(a, b any) bool {
 
 func all(string) bool { return true }
 
-// skipXattr: xfs lists ACLs a second time under its on-disk names; CopyTree
+// skipXattr: xfs lists ACLs a second time under its on-disk names; Copy
 // copies the system.posix_acl_* ones.
 func skipXattr(name string) bool {
 	return name == "trusted.SGI_ACL_FILE" || name == "trusted.SGI_ACL_DEFAULT"
@@ -313,18 +317,18 @@ func splitNames(b []byte) []string {
 	return out
 }
 
-func copyFixture(t *testing.T, base string, opts mount.CopyOptions) (mount.CopyStats, map[string]node) {
+func copyFixture(t *testing.T, base string, opts treecopy.Options) (treecopy.Stats, map[string]node) {
 	t.Helper()
 	src, dst := filepath.Join(base, "src"), filepath.Join(base, "dst")
 	if err := os.Mkdir(src, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	makeFixture(t, src)
-	stats, err := mount.CopyTree(src, dst, opts)
+	stats, err := treecopy.Copy(context.Background(), src, dst, opts)
 	if err != nil {
-		t.Fatalf("CopyTree: %v", err)
+		t.Fatalf("Copy: %v", err)
 	}
-	t.Logf("mount.CopyTree stats: %+v", stats)
+	t.Logf("mount.Copy stats: %+v", stats)
 	got := compareTrees(t, src, dst, all)
 	if stats.HardLinks != 3 { // d/hl2, d/e/hl3, d/rel-hardlink
 		t.Errorf("HardLinks = %d, want 3", stats.HardLinks)
@@ -334,7 +338,7 @@ func copyFixture(t *testing.T, base string, opts mount.CopyOptions) (mount.CopyS
 	}
 	// The symlink to /usr was not followed into.
 	if _, ok := got["outdir/bin"]; ok {
-		t.Errorf("mount.CopyTree followed a symlink out of the tree")
+		t.Errorf("mount.Copy followed a symlink out of the tree")
 	}
 	if n := got["sparse"].allocBytes; n > 8<<20 {
 		t.Errorf("the sparse file takes %d bytes in the copy: holes were filled", n)
@@ -344,7 +348,7 @@ func copyFixture(t *testing.T, base string, opts mount.CopyOptions) (mount.CopyS
 
 func TestCopyTreeXFS(t *testing.T) {
 	base := testutil.NewXFS(t, 1<<30)
-	stats, _ := copyFixture(t, base, mount.CopyOptions{})
+	stats, _ := copyFixture(t, base, treecopy.Options{})
 	if stats.Cloned == 0 {
 		t.Errorf("Cloned = 0 on xfs with reflink")
 	}
@@ -355,7 +359,7 @@ func TestCopyTreeXFS(t *testing.T) {
 
 func TestCopyTreeBtrfs(t *testing.T) {
 	base := testutil.NewBtrfs(t, 1<<30)
-	stats, _ := copyFixture(t, base, mount.CopyOptions{})
+	stats, _ := copyFixture(t, base, treecopy.Options{})
 	if stats.Cloned == 0 {
 		t.Errorf("Cloned = 0 on btrfs")
 	}
@@ -368,7 +372,7 @@ func TestCopyTreeExt4(t *testing.T) {
 	if err := unix.Statfs(base, &fs); err != nil {
 		t.Fatal(err)
 	}
-	stats, _ := copyFixture(t, base, mount.CopyOptions{})
+	stats, _ := copyFixture(t, base, treecopy.Options{})
 	if fs.Type == unix.EXT4_SUPER_MAGIC && stats.Cloned != 0 {
 		t.Errorf("Cloned = %d on ext4, which cannot clone", stats.Cloned)
 	}
@@ -379,13 +383,13 @@ func TestCopyTreeExt4(t *testing.T) {
 
 func TestCopyTreeNoReflink(t *testing.T) {
 	base := testutil.NewXFS(t, 1<<30)
-	stats, _ := copyFixture(t, base, mount.CopyOptions{NoReflink: true})
+	stats, _ := copyFixture(t, base, treecopy.Options{NoReflink: true})
 	if stats.Cloned != 0 || stats.CopiedBytes == 0 {
 		t.Errorf("NoReflink: %+v, want no clones", stats)
 	}
 }
 
-// Across filesystems neither FICLONE nor copy_file_range work; mount.CopyTree
+// Across filesystems neither FICLONE nor copy_file_range work; mount.Copy
 // falls back per file.
 func TestCopyTreeAcrossFilesystems(t *testing.T) {
 	testutil.RequireRoot(t)
@@ -395,7 +399,7 @@ func TestCopyTreeAcrossFilesystems(t *testing.T) {
 	}
 	makeFixture(t, src)
 	dst := filepath.Join(testutil.NewXFS(t, 1<<30), "dst")
-	stats, err := mount.CopyTree(src, dst, mount.CopyOptions{})
+	stats, err := treecopy.Copy(context.Background(), src, dst, treecopy.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,38 +409,47 @@ func TestCopyTreeAcrossFilesystems(t *testing.T) {
 	}
 }
 
+// put writes content to p, making its directories.
+func put(t *testing.T, p, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestCopyTreeDestination(t *testing.T) {
 	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src")
-	if err := os.MkdirAll(filepath.Join(src, "sub"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, filepath.Join(src, "sub", "f"), "f")
+	put(t, filepath.Join(src, "sub", "f"), "f")
+	ctx := context.Background()
 
 	empty := filepath.Join(dir, "empty")
 	if err := os.Mkdir(empty, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := mount.CopyTree(src, empty, mount.CopyOptions{}); err != nil {
-		t.Errorf("mount.CopyTree into an empty directory: %v", err)
+	if _, err := treecopy.Copy(ctx, src, empty, treecopy.Options{}); err != nil {
+		t.Errorf("treecopy.Copy into an empty directory: %v", err)
 	}
-	if got := readFile(t, filepath.Join(empty, "sub", "f")); got != "f" {
-		t.Errorf("copy has %q", got)
+	if got, err := os.ReadFile(filepath.Join(empty, "sub", "f")); string(got) != "f" {
+		t.Errorf("copy has %q, %v", got, err)
 	}
-	if _, err := mount.CopyTree(src, empty, mount.CopyOptions{}); err == nil {
-		t.Errorf("mount.CopyTree into a non-empty directory succeeded")
+	if _, err := treecopy.Copy(ctx, src, empty, treecopy.Options{}); err == nil {
+		t.Errorf("treecopy.Copy into a non-empty directory succeeded")
 	}
-	if _, err := mount.CopyTree(src, filepath.Join(src, "sub", "into-itself"), mount.CopyOptions{}); err == nil {
-		t.Errorf("CopyTree into its own source succeeded")
+	if _, err := treecopy.Copy(ctx, src, filepath.Join(src, "sub", "into-itself"), treecopy.Options{}); err == nil {
+		t.Errorf("Copy into its own source succeeded")
 	}
 	file := filepath.Join(dir, "file")
-	writeFile(t, file, "")
-	if _, err := mount.CopyTree(src, file, mount.CopyOptions{}); err == nil {
-		t.Errorf("mount.CopyTree onto a file succeeded")
+	put(t, file, "")
+	if _, err := treecopy.Copy(ctx, src, file, treecopy.Options{}); err == nil {
+		t.Errorf("treecopy.Copy onto a file succeeded")
 	}
-	if _, err := mount.CopyTree(filepath.Join(dir, "missing"), filepath.Join(dir, "x"), mount.CopyOptions{}); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("mount.CopyTree of a missing source: %v, want ErrNotExist", err)
+	if _, err := treecopy.Copy(ctx, filepath.Join(dir, "missing"), filepath.Join(dir, "x"), treecopy.Options{}); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("treecopy.Copy of a missing source: %v, want ErrNotExist", err)
 	}
 }
 
@@ -444,7 +457,7 @@ func TestCopyTreeDestination(t *testing.T) {
 func TestCopyTreeImage(t *testing.T) {
 	img := testutil.Image(t)
 	dst := filepath.Join(testutil.NewXFS(t, 1<<30), "copy")
-	stats, err := mount.CopyTree(img, dst, mount.CopyOptions{})
+	stats, err := treecopy.Copy(context.Background(), img, dst, treecopy.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -472,17 +485,15 @@ func TestCopyTreeParentDefaultACL(t *testing.T) {
 	testutil.RequireRoot(t)
 	dir := t.TempDir()
 	src, parent := filepath.Join(dir, "src"), filepath.Join(dir, "parent")
-	for _, p := range []string{filepath.Join(src, "sub"), parent} {
-		if err := os.MkdirAll(p, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	put(t, filepath.Join(src, "sub", "f"), "f")
+	if err := os.Mkdir(parent, 0o755); err != nil {
+		t.Fatal(err)
 	}
-	writeFile(t, filepath.Join(src, "sub", "f"), "f")
 	if err := unix.Setxattr(parent, "system.posix_acl_default", aclUser1000(), 0); err != nil {
 		t.Fatal(err)
 	}
 	dst := filepath.Join(parent, "dst")
-	if _, err := mount.CopyTree(src, dst, mount.CopyOptions{}); err != nil {
+	if _, err := treecopy.Copy(context.Background(), src, dst, treecopy.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	compareTrees(t, src, dst, all)
@@ -491,20 +502,41 @@ func TestCopyTreeParentDefaultACL(t *testing.T) {
 // A failing copy (the destination fills up) returns the error from the
 // worker that met it, and does not hang the others.
 func TestCopyTreeError(t *testing.T) {
-	dir := mountDir(t)
+	testutil.RequireRoot(t)
+	dir := t.TempDir()
 	src, small := filepath.Join(dir, "src"), filepath.Join(dir, "small")
-	mkdirs(t, small)
-	for i := 0; i < 20; i++ {
-		d := filepath.Join(src, "d"+string(rune('a'+i)))
-		mkdirs(t, d)
-		for j := 0; j < 50; j++ {
-			writeFile(t, filepath.Join(d, "f"+string(rune('a'+j%26))+string(rune('a'+j/26))), strings.Repeat("x", 64*1024))
-		}
+	manyFiles(t, src, 20, 50, strings.Repeat("x", 64*1024))
+	if err := os.Mkdir(small, 0o755); err != nil {
+		t.Fatal(err)
 	}
-	keep(t)(mount.Tmpfs(small, 1<<20, 0o755))
-	_, err := mount.CopyTree(src, filepath.Join(small, "dst"), mount.CopyOptions{})
+	m, err := mount.Tmpfs(small, 1<<20, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Error(err)
+		}
+	})
+	_, err = treecopy.Copy(context.Background(), src, filepath.Join(small, "dst"), treecopy.Options{})
 	if !errors.Is(err, unix.ENOSPC) {
-		t.Errorf("CopyTree onto a full tmpfs: %v, want ENOSPC", err)
+		t.Errorf("Copy onto a full tmpfs: %v, want ENOSPC", err)
+	}
+}
+
+// manyFiles fills root with dirs directories of files files each.
+func manyFiles(t *testing.T, root string, dirs, files int, content string) {
+	t.Helper()
+	for i := range dirs {
+		d := filepath.Join(root, fmt.Sprintf("d%03d", i))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for j := range files {
+			if err := os.WriteFile(filepath.Join(d, fmt.Sprintf("f%04d", j)), []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 }
 
@@ -523,18 +555,86 @@ func openFDs(t *testing.T) int {
 func TestCopyTreeFailureClosesFDs(t *testing.T) {
 	dir := t.TempDir()
 	src, full, file := filepath.Join(dir, "src"), filepath.Join(dir, "full"), filepath.Join(dir, "file")
-	mkdirs(t, src, full)
-	writeFile(t, filepath.Join(full, "x"), "x")
-	writeFile(t, file, "")
+	put(t, filepath.Join(src, "f"), "f")
+	put(t, filepath.Join(full, "x"), "x")
+	put(t, file, "")
 	before := openFDs(t)
 	for range 10 {
 		for _, dst := range []string{full, file} {
-			if _, err := mount.CopyTree(src, dst, mount.CopyOptions{}); err == nil {
-				t.Fatalf("CopyTree(%s, %s) succeeded", src, dst)
+			if _, err := treecopy.Copy(context.Background(), src, dst, treecopy.Options{}); err == nil {
+				t.Fatalf("Copy(%s, %s) succeeded", src, dst)
 			}
 		}
 	}
 	if after := openFDs(t); after != before {
 		t.Errorf("open descriptors after 20 failed copies: %d, before: %d", after, before)
 	}
+}
+
+// A copy whose context is already done copies nothing, not even dst.
+func TestCopyTreeCancelledBefore(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
+	put(t, filepath.Join(src, "f"), "f")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	stop := errors.New("maintenance cancelled")
+	cancel(stop)
+	if _, err := treecopy.Copy(ctx, src, dst, treecopy.Options{}); !errors.Is(err, stop) {
+		t.Errorf("Copy with a cancelled context = %v, want its cause", err)
+	}
+	if _, err := os.Lstat(dst); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Copy with a cancelled context made %s: %v", dst, err)
+	}
+}
+
+// Cancelled while it runs, a copy stops and returns the cause; it leaves
+// the source as it was, writes nothing beside dst, removes nothing, and
+// closes every descriptor. (The copy of 6,000 files takes far longer than
+// the wait for its first entry, after which the test cancels it.)
+func TestCopyTreeCancelledDuring(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "dst")
+	manyFiles(t, src, 30, 200, "data")
+	before := scan(t, src, all)
+	fds := openFDs(t)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	done := make(chan error, 1)
+	go func() {
+		_, err := treecopy.Copy(ctx, src, dst, treecopy.Options{NoReflink: true})
+		done <- err
+	}()
+	for {
+		if names, _ := readNames(dst); len(names) > 0 {
+			break
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("Copy ended before the test saw its first entry: %v", err)
+		default:
+		}
+	}
+	stop := errors.New("job cancelled")
+	cancel(stop)
+	if err := <-done; !errors.Is(err, stop) {
+		t.Fatalf("Copy cancelled while it runs = %v, want its cause", err)
+	}
+	if after := scan(t, src, all); !reflect.DeepEqual(before, after) {
+		t.Error("the cancelled copy changed its source")
+	}
+	if names, err := readNames(dir); err != nil || len(names) != 2 {
+		t.Errorf("beside the copy: %q, %v; want only src and dst", names, err)
+	}
+	if after := openFDs(t); after != fds {
+		t.Errorf("open descriptors after a cancelled copy: %d, before: %d", after, fds)
+	}
+}
+
+func readNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(-1)
 }
