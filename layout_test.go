@@ -30,6 +30,7 @@ const module = "github.com/nspawn-runner/nspawn-runner"
 //	provision          bootstrap, config, sys/*, internal/logx
 //	limits             sys/* (the kernel limits many machines need)
 //	doctor             bootstrap, config, gitlab, limits, machine, sys/*
+//	metrics            bootstrap, machine, sys/*
 //	cmd/nspawn-runner  everything but test helpers
 //	internal/testutil  bootstrap, config, sys/* (it builds the cached test
 //	                   image with chroot-create's code)
@@ -44,8 +45,9 @@ var mayImport = map[string][]string{
 	"machine":           {"config", "network", "sys/", "internal/logx"},
 	"limits":            {"sys/"},
 	"doctor":            {"bootstrap", "config", "gitlab", "limits", "machine", "sys/"},
+	"metrics":           {"bootstrap", "machine", "sys/"},
 	"provision":         {"bootstrap", "config", "sys/", "internal/logx"},
-	"cmd/nspawn-runner": {"bootstrap", "config", "doctor", "gitlab", "limits", "machine", "network", "provision", "sys/", "internal/logx"},
+	"cmd/nspawn-runner": {"bootstrap", "config", "doctor", "gitlab", "limits", "machine", "metrics", "network", "provision", "sys/", "internal/logx"},
 	"internal/testutil": {"bootstrap", "config", "sys/"},
 	"integration":       {""},
 	"":                  nil, // this package: only tests

@@ -52,6 +52,9 @@ type Maintainer struct {
 	// run; nil means MachineName.
 	Machine func(image string) string
 	Log     *slog.Logger
+	// Done, when set, is called after each image's maintenance with its
+	// outcome (metrics record it).
+	Done func(image string, err error)
 }
 
 func (m *Maintainer) log() *slog.Logger {
@@ -133,7 +136,11 @@ func (m *Maintainer) Maintain(ctx context.Context, only string) error {
 			m.progress(n, "skipped: no playbook %s.yaml or %s.yml in %s", n, n, strings.Join(m.Dirs, " or "))
 			continue
 		}
-		if err := m.maintain(ctx, n, pb, false); err != nil {
+		err := m.maintain(ctx, n, pb, false)
+		if m.Done != nil {
+			m.Done(n, err)
+		}
+		if err != nil {
 			if len(names) > 1 {
 				// The errors are repeated together at the end; say it
 				// here too, where the image's output is.

@@ -154,6 +154,7 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 	gc.register(c)
 	cmds["gc"] = &command{run: func(ctx context.Context) error {
 		res, err := g.manager(&gc.machineFlags).GC(ctx, gc.maxAge)
+		g.observeGC(ctx, res)
 		for _, n := range res.Machines {
 			fmt.Fprintf(g.stdout, "removed machine %s\n", n)
 		}

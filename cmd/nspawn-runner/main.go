@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/alecthomas/kingpin/v2"
 
@@ -102,6 +103,7 @@ func newApp(g *globals) (*kingpin.Application, commands) {
 	registerJobs(app, g, cmds)
 	registerMaintenance(app, g, cmds)
 	registerDoctor(app, g, cmds)
+	registerMetrics(app, g, cmds)
 	registerGitLab(app, g, cmds)
 	return app, cmds
 }
@@ -159,7 +161,9 @@ func execute(app *kingpin.Application, cmds commands, g *globals, args []string)
 	defer stop()
 	err = g.load()
 	if err == nil {
+		start := time.Now()
 		err = cmd.run(ctx)
+		g.observeStage(ctx, name, start, err)
 	}
 	return exitStatus(g.stderr, name, cmd.stage, exits, err)
 }

@@ -29,6 +29,7 @@ func registerMaintenance(app *kingpin.Application, g *globals, cmds commands) {
 		}
 		m := g.maintainer()
 		m.NoWait = maint.noWait
+		m.Done = func(image string, err error) { g.observeMaintenance(ctx, image, err) }
 		return m.Maintain(ctx, maint.name)
 	}}
 }
