@@ -131,7 +131,7 @@ const (
 	NetworkNone    = "none"
 )
 
-// Network defaults. 10.213.0.0/20 (4093 machines) is an arbitrary block
+// Network defaults: private machines.  10.213.0.0/20 (4093 machines) is an arbitrary block
 // of RFC 1918 space away from the ones tools and home routers default to
 // (docker 172.17/16, libvirt 192.168.122/24, 10.0.0/24, 192.168.0-1/24).
 const (
@@ -233,7 +233,7 @@ func Default() Config {
 			ReadyTimeout: Duration(60 * time.Second),
 			StopTimeout:  Duration(10 * time.Second),
 			CgroupParent: DefaultCgroupParent,
-			Network:      NetworkHost,
+			Network:      NetworkPrivate,
 			Bridge:       DefaultBridge,
 			Subnet:       DefaultSubnet,
 		},

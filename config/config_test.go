@@ -156,7 +156,7 @@ func TestParseNetwork(t *testing.T) {
 		t.Errorf("ParseNetworks(%q) = %v, %v", m.AllowNetworks, allow, err)
 	}
 	d := Default().Machine
-	if d.Bridge != DefaultBridge || d.Subnet != DefaultSubnet {
+	if d.Network != NetworkPrivate || d.Bridge != DefaultBridge || d.Subnet != DefaultSubnet {
 		t.Errorf("default network settings = %+v", d)
 	}
 	if _, err := ParseSubnet(DefaultSubnet); err != nil {

@@ -160,7 +160,7 @@ func NewRunner(t *testing.T, o Options) *Runner {
 	dir := t.TempDir()
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "root: %s\nrun_dir: %s\n", r.Root, r.RunDir)
-	fmt.Fprintf(&cfg, "machine:\n  ready_timeout: 120s\n%s", o.Machine)
+	fmt.Fprintf(&cfg, "machine:\n  ready_timeout: 120s\n%s%s", hostNetwork(o.Machine), o.Machine)
 	fmt.Fprintf(&cfg, "gitlab:\n  cache_dir: %s\n", r.CacheDir)
 	if o.BuildsDir {
 		r.BuildsDir = filepath.Join(r.FS, "builds")

@@ -34,7 +34,7 @@ type netWorld struct {
 	host, inet string
 }
 
-func newNetWorld(t *testing.T) *netWorld {
+func newNetWorld(t testing.TB) *netWorld {
 	t.Helper()
 	// Short paths: they appear in systemd-nspawn's arguments.
 	dir, err := os.MkdirTemp("", "nrt-net-")
@@ -85,7 +85,7 @@ func newNetWorld(t *testing.T) *netWorld {
 	return w
 }
 
-func openNS(t *testing.T, p string) *os.File {
+func openNS(t testing.TB, p string) *os.File {
 	t.Helper()
 	f, err := netns.Open(p)
 	if err != nil {
@@ -95,7 +95,7 @@ func openNS(t *testing.T, p string) *os.File {
 	return f
 }
 
-func nlHandle(t *testing.T, p string) *netlink.Handle {
+func nlHandle(t testing.TB, p string) *netlink.Handle {
 	t.Helper()
 	var h *netlink.Handle
 	err := netns.Do(openNS(t, p), func() (err error) { h, err = netlink.NewHandle(); return err })
@@ -170,6 +170,17 @@ func serveDNS(t *testing.T, ns, addr string, answer net.IP) {
 			_, _ = pc.WriteTo(resp, from)
 		}
 	}()
+}
+
+// hostNetwork is the network setting of tests that are not about the
+// network: host, so that they never make a bridge, nftables tables or
+// forwarding changes in the real host's namespace (the network tests make
+// theirs in namespaces of their own). Empty when machineYAML sets one.
+func hostNetwork(machineYAML string) string {
+	if strings.Contains(machineYAML, "network:") {
+		return ""
+	}
+	return "  network: host\n"
 }
 
 const netYAML = `  network: private

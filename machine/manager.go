@@ -226,8 +226,10 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 	rec := &Record{
 		Name: l.Name, JobID: req.JobID, State: StatePreparing, Mode: mode, Storage: storage,
 		Image: req.Image, ImagePath: imagePath, ImageDev: uint64(st.Dev), ImageIno: st.Ino,
-		RunDir: l.RunDir, Cgroup: l.Cgroup, Network: cmp.Or(m.Config.Network, config.NetworkHost),
-		Path: req.Path, Env: req.Env, Binds: req.Binds, Created: time.Now().UTC(),
+		RunDir: l.RunDir, Cgroup: l.Cgroup,
+		// An empty mode (a Config not from config.Load) is host.
+		Network: cmp.Or(m.Config.Network, config.NetworkHost),
+		Path:    req.Path, Env: req.Env, Binds: req.Binds, Created: time.Now().UTC(),
 	}
 	if storage != StorageVolatile {
 		rec.Tree, rec.MachineDir = l.Tree, l.MachineDir

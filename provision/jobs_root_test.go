@@ -66,6 +66,9 @@ func testMaintainWhileJobsRun(t *testing.T, storage string) {
 	store := &bootstrap.Store{Root: root}
 	cfg := config.Default().Machine
 	cfg.Storage = storage
+	// Private networks are integration/network_test.go's: this test's
+	// machines stay off the host's network configuration.
+	cfg.Network = config.NetworkHost
 	mgr := &machine.Manager{
 		Root:         root,
 		RunDir:       t.TempDir(),
