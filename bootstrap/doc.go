@@ -22,6 +22,7 @@
 // namespace, with the parent-death signal set: a cancelled create kills the
 // group, and a SIGKILLed nspawn-runner takes debootstrap and everything it
 // forked along (pid_namespaces(7)). What such a death leaves, a workspace
-// with /proc and /sys still mounted in it, is removed by the next Create,
-// Remove or List once nobody holds that image's lock.
+// with /proc and /sys still mounted in it, is removed by the next create,
+// remove, maintenance or gc once nobody holds that image's lock (never by
+// a listing, which only reads).
 package bootstrap

@@ -143,12 +143,10 @@ func (s *Store) Names() ([]string, error) {
 }
 
 // List returns the images on disk, sorted by name. Internal entries (names
-// beginning with a dot) are never listed. It also removes the workspaces a
-// killed create left behind, when nobody holds their image's lock.
+// beginning with a dot) are never listed. It only reads: the debris of
+// killed creates is for CleanWorkspaces, which create, remove, maintenance
+// and gc call.
 func (s *Store) List() ([]Image, error) {
-	if err := s.CleanWorkspaces(context.Background(), ""); err != nil {
-		s.log().Warn("cleaning stale workspaces", "err", err)
-	}
 	names, err := s.Names()
 	if err != nil {
 		return nil, err

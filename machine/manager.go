@@ -35,6 +35,9 @@ type Images interface {
 	Retired() ([]string, error)
 	// RemoveTree removes an image tree.
 	RemoveTree(path string) error
+	// CleanWorkspaces removes what killed creates and maintenances left
+	// (held names an image whose lock the caller holds, "" none).
+	CleanWorkspaces(ctx context.Context, held string) error
 }
 
 // scriptsSize bounds the tmpfs holding a machine's stage scripts.

@@ -200,10 +200,15 @@ func TestPlanProperties(t *testing.T) {
 type fakeImages struct {
 	retired []string
 	removed []string
+	cleaned int
 }
 
 func (f *fakeImages) Path(name string) (string, error) { return "", ErrNotFound }
 func (f *fakeImages) Retired() ([]string, error)       { return f.retired, nil }
+func (f *fakeImages) CleanWorkspaces(context.Context, string) error {
+	f.cleaned++
+	return nil
+}
 func (f *fakeImages) RemoveTree(p string) error {
 	f.removed = append(f.removed, p)
 	return os.RemoveAll(p)
@@ -237,5 +242,21 @@ func TestGCImages(t *testing.T) {
 	}
 	if !slices.Equal(removed, []string{unused, snapped}) {
 		t.Errorf("GCImages removed %q, want %q (the overlay's lower layer kept)", removed, []string{unused, snapped})
+	}
+}
+
+// gc is one of the commands that clean the image store's debris (chroot-list
+// no longer does).
+func TestGCCleansImageWorkspaces(t *testing.T) {
+	dir := t.TempDir()
+	m := &Manager{Root: dir, RunDir: filepath.Join(dir, "run")}
+	os.MkdirAll(filepath.Join(m.RunDir, "machines"), 0o700)
+	imgs := &fakeImages{}
+	m.Images = imgs
+	if _, err := m.GC(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if imgs.cleaned != 1 {
+		t.Errorf("GC cleaned the image workspaces %d times, want 1", imgs.cleaned)
 	}
 }

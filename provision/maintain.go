@@ -91,6 +91,12 @@ func (m *Maintainer) Maintain(ctx context.Context, only string) error {
 	if err != nil {
 		return err
 	}
+	// The debris of killed creates and maintenances of any image, also of
+	// those this run does not touch (each image's own is cleaned again
+	// under its lock below).
+	if err := m.Store.CleanWorkspaces(ctx, ""); err != nil {
+		m.log().Warn("cleaning stale workspaces", "err", err)
+	}
 	imgs, err := m.Store.List()
 	if err != nil {
 		return err
