@@ -11,6 +11,7 @@
 //	ROOT/.lock/NAME               flock(2) serialising create, remove and maintenance of NAME
 //	ROOT/.meta/NAME.json          creation time, suite, mirror, packages, last maintenance
 //	ROOT/.tmp-NAME-RANDOM         an image being built aside (Workspace)
+//	ROOT/.swap-NAME-UNIXNANO      a tree in the middle of Replace: the new one, then the old one
 //	ROOT/.retired-NAME-UNIXNANO   an image replaced or removed, deleted by gc once unused
 //
 // An image only ever appears complete: it is built in a workspace and

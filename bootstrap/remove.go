@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"strconv"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -34,7 +32,7 @@ func (s *Store) Retire(ctx context.Context, name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	aside := s.path(retiredPrefix + name + "-" + strconv.FormatInt(time.Now().UnixNano(), 10))
+	aside := s.retiredPath(name)
 	if err := rename(p, aside, unix.RENAME_NOREPLACE); err != nil {
 		return "", fmt.Errorf("remove image %s: rename %s -> %s: %w", name, p, aside, err)
 	}

@@ -40,6 +40,7 @@ const (
 	lockDir       = ".lock"
 	metaDir       = ".meta"
 	tmpPrefix     = ".tmp-"
+	swapPrefix    = ".swap-"
 	retiredPrefix = ".retired-"
 )
 
@@ -55,6 +56,11 @@ type Store struct {
 	// CgroupParent is where Login's systemd-nspawn gets a cgroup of its
 	// own on hosts without systemd; empty means config.DefaultCgroupParent.
 	CgroupParent string
+
+	// renameHook, when set (by tests), runs instead of renameat2(2) in
+	// Replace, to inject the failures of a real filesystem (EIO, ENOSPC,
+	// EROFS) at each of its steps.
+	renameHook func(from, to string, flags uint) error
 }
 
 // Image is one base image on disk.
@@ -352,11 +358,18 @@ func (s *Store) Install(name, workspace string) error {
 
 // Replace swaps a finished workspace with image name in one atomic step
 // (renameat2 RENAME_EXCHANGE: at every instant ROOT/NAME is either the whole
-// old image or the whole new one), then moves the old tree aside to
-// ROOT/.retired-NAME-UNIXNANO and returns that path. Machines started from
-// the old image keep it; the lifecycle's gc deletes it once none uses it.
-// When the image does not exist, Replace installs the workspace and returns
-// "". The caller holds Lock(name).
+// old image or the whole new one), and moves the old tree aside to
+// ROOT/.retired-NAME-UNIXNANO, whose path it returns. Machines started from
+// the old image keep it; a gc that knows the machines deletes it once none
+// uses it. When the image does not exist, Replace installs the workspace
+// and returns "". The caller holds Lock(name).
+//
+// The new tree is first renamed to ROOT/.swap-NAME-UNIXNANO, and the
+// exchange leaves the old tree there: so no failure of any step can leave
+// the old image, which machines and logins may be using, under a workspace
+// name, where debris cleaning would kill what runs in it and delete it.
+// A .swap- tree is only ever retired (renamed to .retired-) by cleaning.
+// When only that last move fails, the error comes with the .swap- path.
 func (s *Store) Replace(name, workspace string) (retired string, err error) {
 	if err := config.CheckImageName(name); err != nil {
 		return "", err
@@ -365,20 +378,41 @@ func (s *Store) Replace(name, workspace string) (retired string, err error) {
 		return "", fmt.Errorf("replace image %s: %w", name, err)
 	}
 	dst := s.path(name)
-	if err := rename(workspace, dst, unix.RENAME_EXCHANGE); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			if _, serr := os.Lstat(workspace); serr == nil {
-				return "", s.Install(name, workspace)
-			}
-		}
-		return "", fmt.Errorf("replace image %s: exchange %s <-> %s: %w", name, workspace, dst, err)
+	if _, err := os.Lstat(dst); errors.Is(err, fs.ErrNotExist) {
+		return "", s.Install(name, workspace)
 	}
-	// workspace now holds the old image under its hidden name: retire it.
-	retired = s.path(retiredPrefix + name + "-" + strconv.FormatInt(time.Now().UnixNano(), 10))
-	if err := rename(workspace, retired, unix.RENAME_NOREPLACE); err != nil {
-		return workspace, fmt.Errorf("replace image %s: retire old tree %s: %w", name, workspace, err)
+	suffix := strconv.FormatInt(time.Now().UnixNano(), 10)
+	swap := s.path(swapPrefix + name + "-" + suffix)
+	if err := s.rename(workspace, swap, unix.RENAME_NOREPLACE); err != nil {
+		return "", fmt.Errorf("replace image %s: rename %s -> %s: %w", name, workspace, swap, err)
+	}
+	if err := s.rename(swap, dst, unix.RENAME_EXCHANGE); err != nil {
+		// Nothing was swapped: the workspace gets its name back for the
+		// caller to remove. Should that fail too, the unused new tree is
+		// retired by the next cleaning and deleted by gc.
+		if berr := s.rename(swap, workspace, unix.RENAME_NOREPLACE); berr != nil {
+			s.log().Warn("the new tree stays aside until cleaning retires it", "image", name, "path", swap, "err", berr)
+		}
+		return "", fmt.Errorf("replace image %s: exchange %s <-> %s: %w", name, swap, dst, err)
+	}
+	retired = s.path(retiredPrefix + name + "-" + suffix)
+	if err := s.rename(swap, retired, unix.RENAME_NOREPLACE); err != nil {
+		return swap, fmt.Errorf("replace image %s: move the old tree %s aside: %w (the next create, remove, maintenance or gc of images retires it)", name, swap, err)
 	}
 	return retired, nil
+}
+
+// retiredPath is a new name for a retired tree of image name.
+func (s *Store) retiredPath(name string) string {
+	return s.path(retiredPrefix + name + "-" + strconv.FormatInt(time.Now().UnixNano(), 10))
+}
+
+// rename is renameat2(2), or the test hook.
+func (s *Store) rename(from, to string, flags uint) error {
+	if s.renameHook != nil {
+		return s.renameHook(from, to, flags)
+	}
+	return rename(from, to, flags)
 }
 
 func rename(from, to string, flags uint) error {
@@ -518,19 +552,25 @@ func (s *Store) metaPath(name string) string {
 	return filepath.Join(s.path(metaDir), name+".json")
 }
 
-// CleanWorkspaces removes the workspaces (ROOT/.tmp-NAME-*) that a killed
-// process left behind: those whose image lock nobody holds. held names an
-// image whose lock the caller holds itself; its workspaces are debris too
-// (the caller has not made its own yet) and are removed. Processes still
-// running inside a stale workspace (children of a killed debootstrap) are
-// killed first.
+// CleanWorkspaces clears what a killed or failed create, maintenance or
+// Replace left, for images whose lock nobody holds: it removes workspaces
+// (ROOT/.tmp-NAME-*), killing first the processes still running inside
+// (children of a killed debootstrap), and retires swap trees
+// (ROOT/.swap-NAME-*, renamed to .retired-): those may hold an image that
+// was live, so only a gc that knows the machines deletes them. held names
+// an image whose lock the caller holds itself; its leftovers are debris
+// too (the caller has made nothing yet) and are cleared.
 func (s *Store) CleanWorkspaces(ctx context.Context, held string) error {
 	ws, err := s.hidden(tmpPrefix)
 	if err != nil {
 		return err
 	}
+	swaps, err := s.hidden(swapPrefix)
+	if err != nil {
+		return err
+	}
 	var errs []error
-	for _, p := range ws {
+	for _, p := range slices.Concat(ws, swaps) {
 		if ctx.Err() != nil {
 			return context.Cause(ctx)
 		}
@@ -538,39 +578,59 @@ func (s *Store) CleanWorkspaces(ctx context.Context, held string) error {
 		if config.CheckImageName(name) != nil {
 			continue
 		}
-		if name != held {
-			unlock, err := s.TryLock(name)
-			if errors.Is(err, flock.ErrBusy) {
-				continue // someone is building it right now
-			}
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			// Listed before we took the lock: whoever held it last is gone.
-			err = s.removeDebris(p)
-			unlock()
-			if err != nil {
+		clear := s.removeDebris
+		if strings.HasPrefix(filepath.Base(p), swapPrefix) {
+			clear = s.retireSwap
+		}
+		if name == held {
+			if err := clear(name, p); err != nil {
 				errs = append(errs, err)
 			}
 			continue
 		}
-		if err := s.removeDebris(p); err != nil {
+		unlock, err := s.TryLock(name)
+		if errors.Is(err, flock.ErrBusy) {
+			continue // someone is building it right now
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		// Listed before we took the lock: whoever held it last is gone.
+		err = clear(name, p)
+		unlock()
+		if err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (s *Store) removeDebris(p string) error {
+func (s *Store) removeDebris(_, p string) error {
 	s.log().Info("removing a workspace left by an interrupted create or maintenance", "path", p)
 	killInside(p)
 	return s.RemoveTree(p)
 }
 
-// workspaceImage returns NAME of ".tmp-NAME-RANDOM".
+// retireSwap renames a swap tree that a failed Replace left to a retired
+// one: nothing is killed or deleted, since it may be an image in use.
+func (s *Store) retireSwap(name, p string) error {
+	to := s.path(retiredPrefix + strings.TrimPrefix(filepath.Base(p), swapPrefix))
+	err := rename(p, to, unix.RENAME_NOREPLACE)
+	if errors.Is(err, unix.EEXIST) {
+		to = s.retiredPath(name)
+		err = rename(p, to, unix.RENAME_NOREPLACE)
+	}
+	if err != nil {
+		return fmt.Errorf("retire %s: rename to %s: %w", p, to, err)
+	}
+	s.log().Info("retired a tree left by an interrupted image swap", "path", to)
+	return nil
+}
+
+// workspaceImage returns NAME of ".tmp-NAME-RANDOM" or ".swap-NAME-TIME".
 func workspaceImage(base string) string {
-	rest := strings.TrimPrefix(base, tmpPrefix)
+	rest := strings.TrimPrefix(strings.TrimPrefix(base, tmpPrefix), swapPrefix)
 	if i := strings.LastIndexByte(rest, '-'); i > 0 {
 		return rest[:i]
 	}
