@@ -74,8 +74,10 @@ func (m *Manager) GC(ctx context.Context, maxAge time.Duration) (GCResult, error
 		errs = append(errs, fmt.Errorf("gc networks: %w", err))
 	}
 	if m.Images != nil {
-		if err := m.Images.CleanWorkspaces(ctx, ""); err != nil {
-			errs = append(errs, fmt.Errorf("gc image workspaces: %w", err))
+		if c, ok := m.Images.(WorkspaceCleaner); ok {
+			if err := c.CleanWorkspaces(ctx, ""); err != nil {
+				errs = append(errs, fmt.Errorf("gc image workspaces: %w", err))
+			}
 		}
 		removed, err := m.GCImages()
 		res.Images = removed

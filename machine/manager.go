@@ -35,8 +35,14 @@ type Images interface {
 	Retired() ([]string, error)
 	// RemoveTree removes an image tree.
 	RemoveTree(path string) error
-	// CleanWorkspaces removes what killed creates and maintenances left
-	// (held names an image whose lock the caller holds, "" none).
+}
+
+// WorkspaceCleaner is an image store that gc asks to clear what killed
+// creates and maintenances left (bootstrap.Store): Images that have it
+// get it called.
+type WorkspaceCleaner interface {
+	// CleanWorkspaces clears the leftovers of images whose lock nobody
+	// holds (held names one the caller holds; "" none).
 	CleanWorkspaces(ctx context.Context, held string) error
 }
 
