@@ -488,12 +488,7 @@ func lcRemoveInUse(t *testing.T, h *lcHost) {
 // lcDeadMachine: nspawn killed after prepare -> run is a system failure;
 // gc then removes everything.
 func lcDeadMachine(t *testing.T, h *lcHost) {
-	j := h.newJob()
-	j.must("prepare", "bookworm", "--mode", "fast")
-	rec := h.recordOf(j)
-	syscall.Kill(num(rec["nspawn_pid"]), syscall.SIGKILL)
-	syscall.Kill(num(rec["leader_pid"]), syscall.SIGKILL)
-	waitGone(t, num(rec["leader_pid"]))
+	j, _ := h.killedMachine(t, "fast", "nspawn_pid", "leader_pid")
 	r := j.call("run", j.script("s", "true"), "build_script")
 	if r.code != 2 {
 		t.Errorf("run in a dead machine: exit %d, want the system failure code 2\n%s", r.code, r.stderr)
@@ -511,13 +506,7 @@ func lcDeadMachine(t *testing.T, h *lcHost) {
 // directory (a tmpfs) while the machines' storage stays under
 // ROOT/.machines: gc removes it (issue 13, bug 3).
 func lcAfterReboot(t *testing.T, h *lcHost) {
-	j := h.newJob()
-	j.must("prepare", "bookworm", "--mode", "fast")
-	rec := h.recordOf(j)
-	syscall.Kill(num(rec["nspawn_pid"]), syscall.SIGKILL)
-	syscall.Kill(num(rec["leader_pid"]), syscall.SIGKILL)
-	waitGone(t, num(rec["nspawn_pid"]))
-	waitGone(t, num(rec["leader_pid"]))
+	_, rec := h.killedMachine(t, "fast", "nspawn_pid", "leader_pid")
 	if err := mount.UnmountAll(h.runDir); err != nil {
 		t.Fatal(err)
 	}
@@ -538,11 +527,7 @@ func lcAfterReboot(t *testing.T, h *lcHost) {
 // failure saying the machine is gone, not a stage run in what is left of
 // it. Cleanup then stops and removes the rest (issue 12, rough edge 1).
 func lcNspawnDied(t *testing.T, h *lcHost) {
-	j := h.newJob()
-	j.must("prepare", "bookworm", "--mode", "boot")
-	rec := h.recordOf(j)
-	syscall.Kill(num(rec["nspawn_pid"]), syscall.SIGKILL)
-	waitGone(t, num(rec["nspawn_pid"]))
+	j, rec := h.killedMachine(t, "boot", "nspawn_pid")
 	if !alive(num(rec["leader_pid"])) {
 		t.Fatal("the machine's init died with systemd-nspawn: nothing to test")
 	}
@@ -565,6 +550,23 @@ func lcNspawnDied(t *testing.T, h *lcHost) {
 		t.Errorf("cleanup left the machine's init (pid %d) running", num(rec["leader_pid"]))
 	}
 	h.assertClean(t)
+}
+
+// killedMachine prepares a job's machine in mode, SIGKILLs the processes
+// its record names under the keys pids ("nspawn_pid", "leader_pid") and
+// waits until they are gone; it returns the job and the record.
+func (h *lcHost) killedMachine(t *testing.T, mode string, pids ...string) (*job, map[string]any) {
+	t.Helper()
+	j := h.newJob()
+	j.must("prepare", "bookworm", "--mode", mode)
+	rec := h.recordOf(j)
+	for _, k := range pids {
+		syscall.Kill(num(rec[k]), syscall.SIGKILL)
+	}
+	for _, k := range pids {
+		waitGone(t, num(rec[k]))
+	}
+	return j, rec
 }
 
 func waitGone(t *testing.T, pid int) {
@@ -664,11 +666,7 @@ func lcSigkill(t *testing.T, h *lcHost) {
 		}
 	}
 	t.Run("nspawn", func(t *testing.T) {
-		j := h.newJob()
-		j.must("prepare", "bookworm", "--mode", "boot")
-		rec := h.recordOf(j)
-		syscall.Kill(num(rec["nspawn_pid"]), syscall.SIGKILL)
-		waitGone(t, num(rec["nspawn_pid"]))
+		h.killedMachine(t, "boot", "nspawn_pid")
 		// The machine's systemd lives on as an orphan: gc kills it.
 		gc()
 		h.assertClean(t)
