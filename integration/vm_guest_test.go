@@ -28,6 +28,31 @@ func vmGuest(t *testing.T) {
 	}
 }
 
+// TestVM runs the guest tests (vm* below) as subtests of one test, so
+// that they share two runner hosts (images on a loopback btrfs, and on a
+// plain directory with overlays): placing the image of each is the slowest
+// step under emulation. Profiles select subtests: TestVM/(WholeJob|Limits).
+func TestVM(t *testing.T) {
+	vmGuest(t)
+	rs := map[string]*Runner{
+		"btrfs":   NewRunner(t, Options{StandIn: true}),
+		"overlay": NewRunner(t, Options{PlainRoot: true, StandIn: true}),
+	}
+	for _, c := range []struct {
+		name string
+		f    func(*testing.T, map[string]*Runner)
+	}{
+		{"WholeJob", vmWholeJob},
+		{"Limits", vmLimits},
+		{"MemoryMax", vmMemoryMax},
+		{"Cancel", vmCancel},
+		{"KilledNspawnThenGC", vmKilledNspawnThenGC},
+		{"Concurrent", vmConcurrent},
+	} {
+		t.Run(c.name, func(t *testing.T) { c.f(t, rs) })
+	}
+}
+
 // TestVMImage is make vm-test's host step: it builds (or finds) the cached
 // job image and writes its path to $NSPAWN_RUNNER_VM_IMAGE_OUT, so the
 // harness can hand the same tree to the guests.
@@ -41,22 +66,28 @@ func TestVMImage(t *testing.T) {
 	}
 }
 
-// setMode makes the runner's later prepares use mode (boot or fast).
-func setMode(t *testing.T, r *Runner, mode string) {
+// configure rewrites the machine: section of the runner's config for the
+// next prepares: mode (boot or fast) and extra YAML lines (indented).
+func configure(t *testing.T, r *Runner, mode, extra string) {
 	t.Helper()
 	b, err := os.ReadFile(r.ConfigPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lines := strings.Split(string(b), "\n")
 	var out []string
-	for _, l := range lines {
-		if strings.HasPrefix(l, "  mode: ") {
-			continue
-		}
-		out = append(out, l)
-		if l == "machine:" {
-			out = append(out, "  mode: "+mode)
+	in := false
+	for _, l := range strings.Split(string(b), "\n") {
+		switch {
+		case l == "machine:":
+			in = true
+			out = append(out, l, "  ready_timeout: 300s", "  mode: "+mode)
+			if extra != "" {
+				out = append(out, strings.Split(strings.TrimRight(extra, "\n"), "\n")...)
+			}
+		case in && strings.HasPrefix(l, "  "):
+		default:
+			in = false
+			out = append(out, l)
 		}
 	}
 	if err := os.WriteFile(r.ConfigPath, []byte(strings.Join(out, "\n")), 0o644); err != nil {
@@ -108,16 +139,15 @@ func assertNoMachineUnits(t *testing.T) {
 	}
 }
 
-// TestVMWholeJob runs whole jobs (config, prepare, every run stage,
+// vmWholeJob runs whole jobs (config, prepare, every run stage,
 // cleanup) in boot and fast mode, on btrfs snapshots and on overlays.
-func TestVMWholeJob(t *testing.T) {
-	vmGuest(t)
+func vmWholeJob(t *testing.T, rs map[string]*Runner) {
 	for _, storage := range []string{"btrfs", "overlay"} {
 		t.Run(storage, func(t *testing.T) {
-			r := NewRunner(t, Options{PlainRoot: storage == "overlay"})
+			r := rs[storage]
 			for _, mode := range []string{"boot", "fast"} {
 				t.Run(mode, func(t *testing.T) {
-					setMode(t, r, mode)
+					configure(t, r, mode, "")
 					var seen []map[string]any
 					res := r.RunJob(t, Job{
 						Script: []string{"echo whole-job-$CI_JOB_ID", "test -e /proc/1/cgroup"},
@@ -145,12 +175,11 @@ func TestVMWholeJob(t *testing.T) {
 	}
 }
 
-// TestVMLimits reads the machine's cgroup v2 files back while a job runs
+// vmLimits reads the machine's cgroup v2 files back while a job runs
 // and compares them with the configuration; on a systemd host the cgroup
 // is the scope systemd made when systemd-nspawn registered the machine.
-func TestVMLimits(t *testing.T) {
-	vmGuest(t)
-	r := NewRunner(t, Options{Machine: "  cpu_weight: 77\n  memory_high: 300M\n  memory_max: 400M\n  tasks_max: 500\n"})
+func vmLimits(t *testing.T, rs map[string]*Runner) {
+	r := rs["btrfs"]
 	want := map[string]string{
 		"cpu.weight":  "77",
 		"memory.high": strconv.Itoa(300 << 20),
@@ -159,7 +188,7 @@ func TestVMLimits(t *testing.T) {
 	}
 	for _, mode := range []string{"boot", "fast"} {
 		t.Run(mode, func(t *testing.T) {
-			setMode(t, r, mode)
+			configure(t, r, mode, "  cpu_weight: 77\n  memory_high: 300M\n  memory_max: 400M\n  tasks_max: 500\n")
 			checked := false
 			res := r.RunJob(t, Job{
 				Script: []string{"echo limits"},
@@ -230,15 +259,14 @@ func waitNoMachineUnits(t *testing.T) {
 	assertNoMachineUnits(t)
 }
 
-// TestVMCancel cancels a job in the middle of its script: the stage's
+// vmCancel cancels a job in the middle of its script: the stage's
 // processes are gone from the machine's scope when run exits, the machine
 // and its scope are gone after cleanup.
-func TestVMCancel(t *testing.T) {
-	vmGuest(t)
-	r := NewRunner(t, Options{})
+func vmCancel(t *testing.T, rs map[string]*Runner) {
+	r := rs["btrfs"]
 	for _, mode := range []string{"boot", "fast"} {
 		t.Run(mode, func(t *testing.T) {
-			setMode(t, r, mode)
+			configure(t, r, mode, "")
 			var cg string
 			res := r.RunJob(t, Job{
 				Script:   []string{`sleep 1000 & echo "sleeping as $!"`, `echo CANCEL-READY`, `wait`},
@@ -275,16 +303,15 @@ func TestVMCancel(t *testing.T) {
 	}
 }
 
-// TestVMKilledNspawnThenGC SIGKILLs systemd-nspawn of a prepared machine
+// vmKilledNspawnThenGC SIGKILLs systemd-nspawn of a prepared machine
 // (the container stays behind in its scope) and runs gc, which must leave
 // nothing: no processes, no scope, no unit, no machine known to machined.
-func TestVMKilledNspawnThenGC(t *testing.T) {
-	vmGuest(t)
-	r := NewRunner(t, Options{})
+func vmKilledNspawnThenGC(t *testing.T, rs map[string]*Runner) {
+	r := rs["btrfs"]
 	env := append(os.Environ(), "BUILD_FAILURE_EXIT_CODE=1", "SYSTEM_FAILURE_EXIT_CODE=2")
 	for _, mode := range []string{"boot", "fast"} {
 		t.Run(mode, func(t *testing.T) {
-			setMode(t, r, mode)
+			configure(t, r, mode, "")
 			args := append(append(append([]string{}, r.StageArgs["prepare"]...), r.MachineArgs...), "--id", r.ID())
 			_, errOut, code := r.call(context.Background(), "/", env, args...)
 			if code != 0 {
@@ -325,15 +352,14 @@ func TestVMKilledNspawnThenGC(t *testing.T) {
 	}
 }
 
-// TestVMMemoryMax runs a job that allocates past machine.memory_max: the
+// vmMemoryMax runs a job that allocates past machine.memory_max: the
 // kernel kills it inside the machine's scope, the job is a build failure
 // (not a dead machine) and its log says why in one line.
-func TestVMMemoryMax(t *testing.T) {
-	vmGuest(t)
-	r := NewRunner(t, Options{Machine: "  memory_high: 200M\n  memory_max: 200M\n"})
+func vmMemoryMax(t *testing.T, rs map[string]*Runner) {
+	r := rs["btrfs"]
 	for _, mode := range []string{"boot", "fast"} {
 		t.Run(mode, func(t *testing.T) {
-			setMode(t, r, mode)
+			configure(t, r, mode, "  memory_high: 200M\n  memory_max: 200M\n")
 			res := r.RunJob(t, Job{Script: []string{`python3 -c "x = b'x' * (400 << 20); print('allocated', len(x))"`}})
 			b := res.Stage("build_script")
 			if res.Status != "failed" || b == nil {
@@ -352,4 +378,30 @@ func TestVMMemoryMax(t *testing.T) {
 			waitNoMachineUnits(t)
 		})
 	}
+}
+
+// vmConcurrent runs 8 booted jobs at once: each has its own machine, scope
+// and limits, and nothing of any is left.
+func vmConcurrent(t *testing.T, rs map[string]*Runner) {
+	r := rs["btrfs"]
+	configure(t, r, "boot", "  memory_max: 400M\n")
+	t.Run("group", func(t *testing.T) {
+		for i := 0; i < 8; i++ {
+			t.Run(strconv.Itoa(i), func(t *testing.T) {
+				t.Parallel()
+				res := r.RunJob(t, Job{
+					ProjectID: int64(100 + i),
+					Script: []string{
+						`echo "$CI_JOB_ID" > /var/tmp/who`,
+						`sleep 2`,
+						`test "$(cat /var/tmp/who)" = "$CI_JOB_ID"`,
+						`cat /proc/self/cgroup`,
+					},
+				})
+				mustPass(t, res)
+			})
+		}
+	})
+	r.AssertClean(t)
+	waitNoMachineUnits(t)
 }
