@@ -94,7 +94,16 @@ func startLocked(leader *Proc, c Cmd) (*exec.Cmd, error) {
 		return nil, fmt.Errorf("unshare CLONE_FS: %w", err)
 	}
 	// One setns with a pidfd joins all of them atomically (Linux 5.8).
-	if err := unix.Setns(leader.FD(), Namespaces); err != nil {
+	// A command started in a given cgroup keeps our cgroup namespace: on
+	// a cgroup2 mounted with nsdelegate (systemd's default), clone3 with
+	// CLONE_INTO_CGROUP from inside the machine's namespace, which is
+	// rooted at its payload cgroup, fails with ENOENT for any cgroup
+	// outside it, and for our own.
+	flags := Namespaces
+	if c.CgroupFD >= 0 {
+		flags &^= unix.CLONE_NEWCGROUP
+	}
+	if err := unix.Setns(leader.FD(), flags); err != nil {
 		if err == unix.ESRCH {
 			return nil, fmt.Errorf("enter pid %d: %w", leader.PID, ErrGone)
 		}

@@ -4,9 +4,13 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
 )
@@ -96,5 +100,87 @@ func TestStartInNamespaces(t *testing.T) {
 	got := strings.Fields(string(out[:n]))
 	if len(got) != 2 || got[0] != "nrt-lc-ns" || got[1] == itoa(cmd.Pid) {
 		t.Errorf("inside: hostname and pid = %q, want nrt-lc-ns and a pid of the inner namespace (host pid %d)", got, cmd.Pid)
+	}
+}
+
+// TestStartIntoCgroupOutsideItsNamespace enters a process whose cgroup
+// namespace is rooted at its own cgroup (as systemd-nspawn's payload is on
+// a unified host) and starts a command directly in a sibling cgroup (the
+// stage's), which clone3(CLONE_INTO_CGROUP) refuses with ENOENT from
+// inside that namespace when cgroup2 is mounted with nsdelegate (systemd
+// does): every stage failed on systemd hosts (found by make vm-test; on a
+// host without nsdelegate this test passes either way).
+func TestStartIntoCgroupOutsideItsNamespace(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireBinary(t, "unshare")
+	var root string
+	for _, p := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		var st unix.Statfs_t
+		if unix.Statfs(p, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+			root = p
+			break
+		}
+	}
+	if root == "" {
+		t.Skip("no cgroup v2 hierarchy mounted")
+	}
+	parent := filepath.Join(root, "nrt-vm-ns-"+itoa(os.Getpid()))
+	leaderCg, stageCg := filepath.Join(parent, "leader"), filepath.Join(parent, "stage")
+	for _, d := range []string{parent, leaderCg, stageCg} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, d := range []string{leaderCg, stageCg} {
+			os.WriteFile(filepath.Join(d, "cgroup.kill"), []byte("1"), 0)
+		}
+		for _, d := range []string{leaderCg, stageCg, parent} {
+			for i := 0; i < 50 && os.Remove(d) != nil; i++ {
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+	})
+	lf, err := os.Open(leaderCg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lf.Close()
+	leader := exec.Command("unshare", "--cgroup", "--mount", "--pid", "--fork", "--mount-proc", "sleep", "1000")
+	leader.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(lf.Fd())}
+	if err := leader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { leader.Process.Kill(); leader.Wait() })
+	var inner int
+	deadline := time.Now().Add(10 * time.Second)
+	for inner == 0 && time.Now().Before(deadline) {
+		b, _ := os.ReadFile("/proc/" + itoa(leader.Process.Pid) + "/task/" + itoa(leader.Process.Pid) + "/children")
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			if c, _ := os.ReadFile("/proc/" + f[0] + "/comm"); strings.TrimSpace(string(c)) == "sleep" {
+				inner = atoi(f[0])
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if inner == 0 {
+		t.Fatal("no inner process")
+	}
+	p, err := Open(inner, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	sf, err := os.Open(stageCg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sf.Close()
+	cmd, err := Start(p, Cmd{Path: "/bin/sh", Args: []string{"sh", "-c", "exit 0"}, Env: []string{"PATH=/usr/bin:/bin"}, Dir: "/", CgroupFD: int(sf.Fd())})
+	if err != nil {
+		t.Fatalf("start in the stage's cgroup: %v", err)
+	}
+	if _, err := cmd.Wait(); err != nil {
+		t.Fatal(err)
 	}
 }
