@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -101,6 +102,13 @@ func (m *Manager) Run(ctx context.Context, req RunRequest) error {
 		defer f.Close()
 		cgFD = int(f.Fd())
 	}
+	// The kernel's OOM kills in the machine so far: a stage that ends with
+	// more was killed for the machine's memory limit, and the job log
+	// says so.
+	oomBefore, oomKnown := uint64(0), false
+	if stageCg != "" {
+		oomBefore, oomKnown = h.OOMKills(rec.Cgroup)
+	}
 	stdout, stderr := req.Stdout, req.Stderr
 	if stdout == nil {
 		stdout = os.Stdout
@@ -146,6 +154,9 @@ func (m *Manager) Run(ctx context.Context, req RunRequest) error {
 			// As a shell reports it: 128 + signal number.
 			code = 128 + int(ws.Signal())
 		}
+		if n, ok := oomKills(h, rec.Cgroup, oomKnown); ok && n > oomBefore {
+			fmt.Fprintf(stderr, "nspawn-runner: the job ran out of memory: the kernel killed %d process(es) of the machine at its limit (machine.memory_max %s)\n", n-oomBefore, mib(m.limits().MemoryMax))
+		}
 		if !leader.Alive() {
 			return fmt.Errorf("run: machine %s died during stage %s: %w", name, req.Stage, ErrDead)
 		}
@@ -177,6 +188,22 @@ func (m *Manager) terminate(p *ns.Process, h cgroup.Hierarchy, stageCg string) {
 	case <-p.Done():
 	case <-time.After(time.Second):
 	}
+}
+
+// oomKills is h.OOMKills when known is true (the hierarchy was found).
+func oomKills(h cgroup.Hierarchy, rel string, known bool) (uint64, bool) {
+	if !known {
+		return 0, false
+	}
+	return h.OOMKills(rel)
+}
+
+// mib formats a byte count for a log line; 0 is no limit.
+func mib(b uint64) string {
+	if b == 0 {
+		return "none"
+	}
+	return strconv.FormatUint(b>>20, 10) + " MiB"
 }
 
 func removeIfEmpty(h cgroup.Hierarchy, rel string) {

@@ -246,6 +246,29 @@ func (h Hierarchy) Exists(rel string) bool {
 	return err == nil && fi.IsDir()
 }
 
+// OOMKills returns the oom_kill count of the group's memory.events: how
+// many of its processes (and its descendants') the kernel's OOM killer has
+// killed. ok is false when the memory controller is not enabled there.
+func (h Hierarchy) OOMKills(rel string) (n uint64, ok bool) {
+	b, err := os.ReadFile(filepath.Join(h.Path(rel), "memory.events"))
+	if err != nil {
+		return 0, false
+	}
+	return parseEvent(string(b), "oom_kill")
+}
+
+// parseEvent reads one "key value" line of a cgroup events file.
+func parseEvent(data, key string) (uint64, bool) {
+	for _, l := range strings.Split(data, "\n") {
+		k, v, found := strings.Cut(l, " ")
+		if found && k == key {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			return n, err == nil
+		}
+	}
+	return 0, false
+}
+
 // MemoryCurrent returns memory.current of the group, or false when the
 // memory controller is not enabled there.
 func (h Hierarchy) MemoryCurrent(rel string) (uint64, bool) {

@@ -24,3 +24,15 @@ func TestLimitsFiles(t *testing.T) {
 		}
 	}
 }
+
+func TestParseEvent(t *testing.T) {
+	data := "low 0\nhigh 12\nmax 3\noom 2\noom_kill 1\noom_group_kill 0\n"
+	for key, want := range map[string]uint64{"oom_kill": 1, "oom": 2, "high": 12, "oom_group_kill": 0} {
+		if n, ok := parseEvent(data, key); !ok || n != want {
+			t.Errorf("parseEvent(%s) = %d, %v; want %d", key, n, ok, want)
+		}
+	}
+	if _, ok := parseEvent(data, "missing"); ok {
+		t.Error("parseEvent found a key that is not there")
+	}
+}
