@@ -9,7 +9,7 @@ stty -F "$out" raw -echo 2>/dev/null
 exec >"$out" 2>&1
 in=/mnt/inputs
 . "$in/env"
-echo "nr-vm-suite: guest userspace up at $(cut -d' ' -f1 /proc/uptime)s (profile $PROFILE, $(systemd --version | head -1), $(uname -r))"
+echo "nr-vm-suite: guest userspace up at $(cut -d' ' -f1 /proc/uptime)s (profile $PROFILE, $(systemctl --version | head -n 1), $(uname -r))"
 state=$(systemctl is-system-running --wait)
 echo "nr-vm-suite: system $state at $(cut -d' ' -f1 /proc/uptime)s"
 [ "$state" = running ] || systemctl --failed --no-pager
