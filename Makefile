@@ -12,7 +12,7 @@ BIN      ?= bin/nspawn-runner
 TAGS     := netgo,osusergo
 LDFLAGS  := -X main.version=$(VERSION) -linkmode external -extldflags -static
 
-.PHONY: build test vm-test bench install demo vet fmt clean
+.PHONY: build test vm-test bench install demo deb vet fmt clean
 
 build:
 	CGO_ENABLED=1 $(GO) build -trimpath -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nspawn-runner
@@ -46,6 +46,11 @@ install: build
 	done
 	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' dist/nspawn-runner.cron > $(DESTDIR)/usr/share/doc/nspawn-runner/examples/nspawn-runner.cron
 	install -m 0644 examples/*.yaml $(DESTDIR)/usr/share/doc/nspawn-runner/examples/
+
+# The Debian package, in DEB_OUT (default bin/): see scripts/deb.sh.
+DEB_OUT ?= bin
+deb:
+	./scripts/deb.sh $(DEB_OUT)
 
 # From a fresh Debian 12 machine to a real CI job, end to end.
 demo:

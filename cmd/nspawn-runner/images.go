@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -111,19 +112,33 @@ func registerImages(app *kingpin.Application, g *globals, cmds commands) {
 	}}
 
 	var setup struct {
-		size, file string
-		sysctlFile string
-		procSys    string
-		noSysctl   bool
+		size, file  string
+		sysctlFile  string
+		procSys     string
+		noSysctl    bool
+		sysctlOnly  bool
+		printSysctl bool
 	}
 	c = app.Command("setup", "Prepare the root directory; with --loopback, on a host whose root is not on btrfs, mount a btrfs image file on it.")
 	c.Flag("loopback", "Size of a sparse btrfs file to mount on the root when it is not on btrfs (e.g. 8G).").PlaceHolder("SIZE").StringVar(&setup.size)
 	c.Flag("loopback-file", "The btrfs file (default ROOT.btrfs, e.g. "+bootstrap.LoopbackFile(config.DefaultRoot)+").").PlaceHolder("PATH").StringVar(&setup.file)
 	c.Flag("sysctl-file", "The sysctl.d drop-in raising kernel limits for many machines.").Default(limits.DefaultDropIn).PlaceHolder("PATH").StringVar(&setup.sysctlFile)
 	c.Flag("no-sysctl", "Neither install nor apply the sysctl.d drop-in.").BoolVar(&setup.noSysctl)
+	c.Flag("sysctl-only", "Only install and apply the sysctl.d drop-in (the Debian package's postinst).").BoolVar(&setup.sysctlOnly)
+	// make deb writes the drop-in into the package.
+	c.Flag("print-sysctl", "").Hidden().BoolVar(&setup.printSysctl)
 	// Tests apply the limits to a tree laid out like /proc/sys.
 	c.Flag("proc-sys", "").Hidden().Default(sysctl.DefaultDir).StringVar(&setup.procSys)
 	cmds["setup"] = &command{run: func(ctx context.Context) error {
+		switch {
+		case setup.printSysctl:
+			_, err := os.Stdout.Write(limits.DropInText())
+			return err
+		case setup.sysctlOnly && setup.noSysctl:
+			return usageError{errors.New("--sysctl-only and --no-sysctl exclude each other")}
+		case setup.sysctlOnly:
+			return setupLimits(os.Stdout, g, setup.sysctlFile, sysctl.Dir(setup.procSys))
+		}
 		var o bootstrap.SetupOptions
 		if setup.size != "" {
 			sz, err := config.ParseSize(setup.size)
