@@ -204,7 +204,8 @@ func vmLimits(t *testing.T, rs map[string]*Runner) {
 					}
 					name, _ := recs[0]["name"].(string)
 					cg, _ := recs[0]["cgroup"].(string)
-					if want := "machine.slice/machine-" + name + ".scope"; cg != want {
+					// systemd escapes the name in the unit's ("-" is \x2d).
+					if want := "machine.slice/machine-" + strings.ReplaceAll(name, "-", `\x2d`) + ".scope"; cg != want {
 						t.Errorf("machine cgroup %q, want systemd's scope %q", cg, want)
 					}
 					for file, v := range want {
@@ -368,7 +369,7 @@ func vmMemoryMax(t *testing.T, rs map[string]*Runner) {
 			if b.CodeFile != "137" {
 				t.Errorf("exit code %q, want 137 (SIGKILL by the OOM killer)", b.CodeFile)
 			}
-			if strings.Contains(b.Stdout, "allocated") {
+			if strings.Contains(b.Stdout, "allocated 419430400") {
 				t.Errorf("the job allocated 400M past memory_max 200M:\n%s", res.Log)
 			}
 			if !strings.Contains(b.Stderr+b.Stdout, "memory_max") {
