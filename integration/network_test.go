@@ -106,11 +106,19 @@ func nlHandle(t testing.TB, p string) *netlink.Handle {
 	return h
 }
 
-// serve answers every TCP connection to addr inside ns with a greeting.
-func serve(t *testing.T, ns, addr string) {
+// serve answers every TCP connection to addr inside ns with a greeting;
+// the listener is closed when the test ends or by the function returned
+// (an open socket keeps its namespace, and the machine's veth, alive).
+func serve(t *testing.T, ns, addr string) func() {
 	t.Helper()
 	var ln net.Listener
-	if err := netns.Do(openNS(t, ns), func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
+	f, err := netns.Open(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Closed at once: an open namespace file keeps the namespace alive.
+	defer f.Close()
+	if err := netns.Do(f, func() (err error) { ln, err = net.Listen("tcp", addr); return err }); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
@@ -124,6 +132,7 @@ func serve(t *testing.T, ns, addr string) {
 			c.Close()
 		}
 	}()
+	return func() { ln.Close() }
 }
 
 // serveDNS answers every A query on addr:53 (UDP) inside ns with answer,
@@ -205,7 +214,23 @@ func newNetHost(t *testing.T, machineYAML string) (*lcHost, *netWorld) {
 func netLeftovers(t *testing.T, h *lcHost, w *netWorld) []string {
 	t.Helper()
 	var left []string
-	links, _ := nlHandle(t, w.host).LinkList()
+	// Veths go with their machine's namespace, which the kernel tears
+	// down in the background: give it time.
+	hh := nlHandle(t, w.host)
+	ours := func() int {
+		links, _ := hh.LinkList()
+		n := 0
+		for _, l := range links {
+			if strings.HasPrefix(l.Attrs().Name, "nr") && l.Attrs().Name != "nrt-net-br" {
+				n++
+			}
+		}
+		return n
+	}
+	for deadline := time.Now().Add(10 * time.Second); ours() > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	links, _ := hh.LinkList()
 	for _, l := range links {
 		if n := l.Attrs().Name; strings.HasPrefix(n, "nr") && n != "nrt-net-br" {
 			left = append(left, "link "+n)
@@ -271,13 +296,14 @@ func TestNetworkPrivate(t *testing.T) {
 		t.Fatalf("two machines share the address %s", a1)
 	}
 	// A listener inside the second machine's namespace.
-	serve(t, filepath.Join(h.recordOf(j2)["run_dir"].(string), "netns"), ":8084")
+	close2 := serve(t, filepath.Join(h.recordOf(j2)["run_dir"].(string), "netns"), ":8084")
+	var close1 func()
 
 	for _, j := range []*job{j1, j2} {
 		other := a2
 		if j == j2 {
 			other = a1
-			serve(t, filepath.Join(h.recordOf(j1)["run_dir"].(string), "netns"), ":8084")
+			close1 = serve(t, filepath.Join(h.recordOf(j1)["run_dir"].(string), "netns"), ":8084")
 		}
 		script := strings.Join([]string{
 			probe("internet", "192.0.2.1:8080"),
@@ -305,6 +331,8 @@ func TestNetworkPrivate(t *testing.T) {
 			t.Errorf("job %s: allowed host address = %q, want a greeting to the machine's address", j.id, got["allowed"])
 		}
 	}
+	close1()
+	close2()
 	j1.must("cleanup")
 	j2.must("cleanup")
 	if left := netLeftovers(t, h, w); len(left) > 0 {

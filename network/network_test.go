@@ -32,7 +32,7 @@ type world struct {
 	host, inet string // pins
 }
 
-func newWorld(t *testing.T) *world {
+func newWorld(t testing.TB) *world {
 	t.Helper()
 	testutil.RequireRoot(t)
 	w := &world{dir: t.TempDir()}
@@ -80,7 +80,7 @@ func newWorld(t *testing.T) *world {
 	return w
 }
 
-func (w *world) open(t *testing.T, p string) *os.File {
+func (w *world) open(t testing.TB, p string) *os.File {
 	t.Helper()
 	f, err := netns.Open(p)
 	if err != nil {
@@ -90,7 +90,7 @@ func (w *world) open(t *testing.T, p string) *os.File {
 	return f
 }
 
-func handle(t *testing.T, f *os.File) *netlink.Handle {
+func handle(t testing.TB, f *os.File) *netlink.Handle {
 	t.Helper()
 	h, err := handleIn(f)
 	if err != nil {
@@ -100,7 +100,7 @@ func handle(t *testing.T, f *os.File) *netlink.Handle {
 	return h
 }
 
-func (w *world) network(t *testing.T) *Network {
+func (w *world) network(t testing.TB) *Network {
 	return &Network{
 		Settings: Settings{Bridge: "nrt-br", Subnet: netip.MustParsePrefix("10.99.0.0/24"),
 			DNS: []netip.Addr{netip.MustParseAddr("192.0.2.1")}},
@@ -301,6 +301,10 @@ func TestConcurrentAttachDetachReclaim(t *testing.T) {
 	}
 	if err := n.Detach("m0", filepath.Join(w.dir, "m0")); err != nil {
 		t.Errorf("second Detach = %v", err)
+	}
+	// The kernel deletes the veth with its namespace, in the background.
+	for deadline := time.Now().Add(10 * time.Second); len(ports()) != 7 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
 	}
 	if p := ports(); len(p) != 7 || slices.Contains(p, atts[0].Port) {
 		t.Errorf("ports after Detach = %q", p)
