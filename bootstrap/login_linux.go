@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -44,21 +43,10 @@ func LoginSpec(dir, machine string, argv []string, tty bool) nspawn.Spec {
 	}
 }
 
-// MachineName returns a unique, valid machine name (a hostname label list
-// of at most 64 characters) for entering image name.
-func MachineName(prefix, name string) string {
-	b := []byte(name)
-	for i, c := range b {
-		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-'
-		if !ok {
-			b[i] = '-'
-		}
-	}
-	suffix := "-" + randomSuffix()[:8]
-	if max := 64 - len(prefix) - len(suffix); len(b) > max {
-		b = b[:max]
-	}
-	return prefix + strings.Trim(string(b), "-") + suffix
+// MachineName returns a unique, valid machine name for entering image
+// name: prefix, the image name (nspawn.MachineName) and a random suffix.
+func MachineName(prefix, name string) (string, error) {
+	return nspawn.MachineName(prefix, name, "-"+randomSuffix()[:8])
 }
 
 func (s *Store) login(ctx context.Context, name string, argv []string) error {
@@ -81,10 +69,14 @@ func (s *Store) login(ctx context.Context, name string, argv []string) error {
 		prefix = DefaultLoginPrefix
 	}
 	tty := isTerminal(os.Stdin)
-	spec := LoginSpec(dir, MachineName(prefix, name), argv, tty)
-	nspawnPath, err := exec.LookPath("systemd-nspawn")
+	machine, err := MachineName(prefix, name)
 	if err != nil {
-		return fmt.Errorf("login to %s: %w (apt-get install systemd-container)", name, err)
+		return fmt.Errorf("login to %s: %w", name, err)
+	}
+	spec := LoginSpec(dir, machine, argv, tty)
+	nspawnPath, err := nspawn.LookPath("")
+	if err != nil {
+		return fmt.Errorf("login to %s: %w", name, err)
 	}
 	cmd := exec.CommandContext(ctx, nspawnPath, nspawn.Args(spec)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr

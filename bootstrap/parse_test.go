@@ -109,16 +109,16 @@ func TestPackages(t *testing.T) {
 
 func TestMachineName(t *testing.T) {
 	for _, name := range []string{"bookworm", "a_b+c.d", strings.Repeat("x", 64), "Z"} {
-		got := bootstrap.MachineName("nrt-im-", name)
-		if len(got) > 64 || !strings.HasPrefix(got, "nrt-im-") {
-			t.Errorf("MachineName(%q) = %q: want at most 64 characters with the prefix", name, got)
+		got, err := bootstrap.MachineName("nrt-im-", name)
+		if err != nil || len(got) > 63 || !strings.HasPrefix(got, "nrt-im-") {
+			t.Errorf("MachineName(%q) = %q, %v: want at most 63 characters with the prefix", name, got, err)
 		}
 		for _, c := range got {
 			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
 				t.Errorf("MachineName(%q) = %q: %q is not valid in a machine name", name, got, c)
 			}
 		}
-		if got == bootstrap.MachineName("nrt-im-", name) {
+		if again, _ := bootstrap.MachineName("nrt-im-", name); got == again {
 			t.Errorf("MachineName(%q) twice = %q: want unique names", name, got)
 		}
 	}

@@ -262,11 +262,11 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 	if err := m.makeStorage(l, storage, imagePath); err != nil {
 		return err
 	}
-	ver, err := nspawnVersion(ctx, m.Nspawn, m.RunDir)
+	prog, err := findNspawn(ctx, m.Nspawn, m.RunDir)
 	if err != nil {
 		return err
 	}
-	host := Host{NoBus: !nspawn.HasSystemd() || !nspawn.HasSystemBus(), NspawnVersion: ver}
+	host := Host{NoBus: !nspawn.HasSystemd() || !nspawn.HasSystemBus(), NspawnVersion: prog.Version}
 	h, cgErr := m.cgroups()
 	cgFD := -1
 	switch {
@@ -294,7 +294,7 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 	}
 	defer logf.Close()
 	m.log().Debug("starting systemd-nspawn", "machine", l.Name, "args", nspawn.Args(spec))
-	p, err := nspawn.Start(nspawn.StartOptions{Binary: m.Nspawn, Args: nspawn.Args(spec), Env: env, Log: logf, CgroupFD: cgFD, NotifyDir: m.RunDir})
+	p, err := nspawn.Start(nspawn.StartOptions{Binary: prog.Path, Args: nspawn.Args(spec), Env: env, Log: logf, CgroupFD: cgFD, NotifyDir: m.RunDir})
 	if err != nil {
 		return err
 	}
@@ -401,39 +401,36 @@ func (m *Manager) limits() cgroup.Limits {
 	}
 }
 
-// nspawnVersion asks systemd-nspawn for its version once and caches it in
-// the run directory, keyed by the binary's identity (it costs a few ms per
+// findNspawn is nspawn.Find with the version cached in the run
+// directory, keyed by the program's identity (asking costs a few ms per
 // prepare otherwise).
-func nspawnVersion(ctx context.Context, binary, runDir string) (int, error) {
-	if binary == "" {
-		binary = "systemd-nspawn"
-	}
-	path, err := lookPath(binary)
+func findNspawn(ctx context.Context, binary, runDir string) (nspawn.Program, error) {
+	path, err := nspawn.LookPath(binary)
 	if err != nil {
-		return 0, err
+		return nspawn.Program{}, err
 	}
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
-		return 0, fmt.Errorf("stat %s: %w", path, err)
+		return nspawn.Program{}, fmt.Errorf("stat %s: %w", path, err)
 	}
 	key := fmt.Sprintf("%s %d %d %d", path, st.Ino, st.Size, st.Mtim.Nano())
 	cache := filepath.Join(runDir, "nspawn-version")
 	if b, err := os.ReadFile(cache); err == nil {
 		if k, v, ok := strings.Cut(strings.TrimSpace(string(b)), "\n"); ok && k == key {
 			if n, err := strconv.Atoi(v); err == nil {
-				return n, nil
+				return nspawn.Program{Path: path, Version: n}, nil
 			}
 		}
 	}
 	n, err := nspawn.Version(ctx, path)
 	if err != nil {
-		return 0, err
+		return nspawn.Program{}, err
 	}
 	tmp := cache + ".tmp" + strconv.Itoa(os.Getpid())
 	if os.WriteFile(tmp, []byte(key+"\n"+strconv.Itoa(n)+"\n"), 0o600) == nil {
 		_ = os.Rename(tmp, cache)
 	}
-	return n, nil
+	return nspawn.Program{Path: path, Version: n}, nil
 }
 
 // exists reports whether anything of machine l is on disk.
@@ -469,7 +466,7 @@ func (m *Manager) Cleanup(ctx context.Context, jobID, key string) error {
 
 // CleanupName is Cleanup by machine name.
 func (m *Manager) CleanupName(ctx context.Context, name string) error {
-	if err := CheckName(name); err != nil {
+	if err := nspawn.CheckMachineName(name); err != nil {
 		return err
 	}
 	ctx, cancel := m.destroyContext(ctx)
@@ -639,23 +636,6 @@ func (m *Manager) removeStorage(l Layout) error {
 	return nil
 }
 
-// lookPath finds a program on the host's PATH.
-func lookPath(name string) (string, error) {
-	if strings.Contains(name, "/") {
-		return name, nil
-	}
-	for _, dir := range filepath.SplitList(os.Getenv("PATH") + ":/usr/bin:/bin") {
-		if dir == "" {
-			continue
-		}
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found on PATH (install systemd-container)", name)
-}
-
 // names lists every machine name that has anything in the run directory
 // or the machines directory.
 func (m *Manager) names() ([]string, error) {
@@ -668,7 +648,7 @@ func (m *Manager) names() ([]string, error) {
 	for _, e := range ents {
 		n := e.Name()
 		n = strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(n, ".tmp"), ".json"), ".lock")
-		if CheckName(n) == nil {
+		if nspawn.CheckMachineName(n) == nil {
 			set[n] = true
 		}
 	}
@@ -678,7 +658,7 @@ func (m *Manager) names() ([]string, error) {
 		return nil, fmt.Errorf("list %s: %w", md, err)
 	}
 	for _, e := range ents {
-		if CheckName(e.Name()) == nil {
+		if nspawn.CheckMachineName(e.Name()) == nil {
 			set[e.Name()] = true
 		}
 	}

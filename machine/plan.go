@@ -32,8 +32,8 @@ const ScriptDir = "/run/nspawn-runner"
 
 // Name returns the machine name of a job: prefix, a readable form of the
 // id, and 12 hex digits of the job's key, so that two jobs with the same
-// id never share a machine. The result is a valid hostname label of at
-// most 63 characters (systemd-nspawn's --machine rule).
+// id never share a machine. The result is a valid machine name
+// (nspawn.MachineName: a host name label of at most 63 characters).
 func Name(prefix, id, key string) (string, error) {
 	if prefix == "" {
 		prefix = DefaultNamePrefix
@@ -46,41 +46,12 @@ func Name(prefix, id, key string) (string, error) {
 			return "", fmt.Errorf("machine name: job key %q is not hex", key)
 		}
 	}
-	var b strings.Builder
-	for i := 0; i < len(id) && b.Len() < 24; i++ {
-		c := id[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '-':
-			b.WriteByte(c)
-		case c >= 'A' && c <= 'Z':
-			b.WriteByte(c + 'a' - 'A')
-		case c == '_':
-			b.WriteByte('-')
-		default:
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
 			return "", fmt.Errorf("machine name: invalid character %q in job id", c)
 		}
 	}
-	name := prefix + b.String() + "-" + key[:12]
-	if err := CheckName(name); err != nil {
-		return "", err
-	}
-	return name, nil
-}
-
-// CheckName accepts the names Name makes and refuses anything that could
-// escape a directory or a cgroup.
-func CheckName(name string) error {
-	if name == "" || len(name) > 63 {
-		return fmt.Errorf("invalid machine name %q: 1 to 63 characters", name)
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		ok := c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || (c == '-' && i > 0) || (c >= 'A' && c <= 'Z')
-		if !ok {
-			return fmt.Errorf("invalid machine name %q: letters, digits and '-' only, not starting with '-'", name)
-		}
-	}
-	return nil
+	return nspawn.MachineName(prefix, strings.ToLower(id[:min(len(id), 24)]), "-"+key[:12])
 }
 
 // Storages resolved from config.StorageAuto.

@@ -61,7 +61,7 @@ type Target struct {
 	// Playbook is the path of the playbook.
 	Playbook string
 	// Machine is the machine name systemd-nspawn gives each command;
-	// empty means MachineName(Name).
+	// empty means MachineName("", Name).
 	Machine string
 }
 
@@ -103,20 +103,15 @@ func (r *Runner) log() *slog.Logger {
 	return r.Log
 }
 
+// DefaultMachinePrefix starts the machine name of a playbook run.
+const DefaultMachinePrefix = "nspawn-runner-maint-"
+
 // MachineName is the systemd-nspawn machine name used while provisioning
-// image name: a valid host name (systemd accepts letters, digits and '-'
-// in machine names; image names may also hold '.', '_' and '+').
-func MachineName(name string) string {
-	b := []byte("nspawn-runner-maint-" + name)
-	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
-			b[i] = '-'
-		}
-	}
-	if len(b) > 64 {
-		b = b[:64]
-	}
-	return strings.TrimRight(string(b), "-")
+// image name: prefix (DefaultMachinePrefix when empty) and the image
+// name made a valid machine name (nspawn.MachineName: image names may
+// also hold '.', '_' and '+').
+func MachineName(prefix, name string) (string, error) {
+	return nspawn.MachineName(cmp.Or(prefix, DefaultMachinePrefix), name, "")
 }
 
 // Run runs the playbook against the tree and returns a *PlaybookError
@@ -124,7 +119,11 @@ func MachineName(name string) string {
 // callers run it on a workspace, never on a live image.
 func (r *Runner) Run(ctx context.Context, t Target) error {
 	if t.Machine == "" {
-		t.Machine = MachineName(t.Name)
+		m, err := MachineName("", t.Name)
+		if err != nil {
+			return fmt.Errorf("run playbook %s: %w", t.Playbook, err)
+		}
+		t.Machine = m
 	}
 	ansible := r.AnsiblePlaybook
 	if ansible == "" {
@@ -134,13 +133,9 @@ func (r *Runner) Run(ctx context.Context, t Target) error {
 	if err != nil {
 		return fmt.Errorf("run playbook %s: %w (install the ansible package)", t.Playbook, err)
 	}
-	nspawnExe := r.Nspawn
-	if nspawnExe == "" {
-		nspawnExe = "systemd-nspawn"
-	}
-	nspawnExe, err = exec.LookPath(nspawnExe)
+	prog, err := nspawn.Find(ctx, r.Nspawn)
 	if err != nil {
-		return fmt.Errorf("run playbook %s: %w (install systemd-container)", t.Playbook, err)
+		return fmt.Errorf("run playbook %s: %w", t.Playbook, err)
 	}
 	playbook, err := filepath.Abs(t.Playbook)
 	if err != nil {
@@ -155,7 +150,7 @@ func (r *Runner) Run(ctx context.Context, t Target) error {
 		return fmt.Errorf("run playbook %s: %w", playbook, err)
 	}
 	defer os.RemoveAll(tmp)
-	w := Wrapper{Nspawn: nspawnExe, Tree: tree, Machine: t.Machine, Remote: filepath.Join(tmp, "remote"), NspawnVersion: nspawnVersion(ctx, nspawnExe)}
+	w := Wrapper{Nspawn: prog.Path, Tree: tree, Machine: t.Machine, Remote: filepath.Join(tmp, "remote"), NspawnVersion: prog.Version}
 	files, err := writeRunFiles(tmp, t.Name, w)
 	if err != nil {
 		return fmt.Errorf("run playbook %s: %w", playbook, err)
@@ -357,16 +352,6 @@ func (w Wrapper) Script() string {
 	}
 	b.WriteString(" -- \"$@\"\n")
 	return b.String()
-}
-
-// nspawnVersion asks systemd-nspawn for its major version; 0 when it
-// cannot tell.
-func nspawnVersion(ctx context.Context, exe string) int {
-	out, err := exec.CommandContext(ctx, exe, "--version").Output()
-	if err != nil {
-		return 0
-	}
-	return nspawn.ParseVersion(string(out))
 }
 
 func shQuote(s string) string {

@@ -80,16 +80,21 @@ func TestPlaybookErrorMessage(t *testing.T) {
 	}
 }
 
+// TestMachineName: every image name (up to 64 characters) gives a valid
+// machine name of at most 63 (it used to give 64).
 func TestMachineName(t *testing.T) {
 	for in, want := range map[string]string{
 		"bookworm":              "nspawn-runner-maint-bookworm",
 		"a.b_c+d":               "nspawn-runner-maint-a-b-c-d",
-		strings.Repeat("x", 64): "nspawn-runner-maint-" + strings.Repeat("x", 44),
+		strings.Repeat("x", 64): "nspawn-runner-maint-" + strings.Repeat("x", 43),
 		"x+":                    "nspawn-runner-maint-x",
 	} {
-		if got := MachineName(in); got != want {
-			t.Errorf("MachineName(%q) = %q, want %q", in, got, want)
+		if got, err := MachineName("", in); err != nil || got != want {
+			t.Errorf("MachineName(%q) = %q, %v; want %q", in, got, err, want)
 		}
+	}
+	if got, err := MachineName("nrt-pv-", "a.b"); err != nil || got != "nrt-pv-a-b" {
+		t.Errorf("MachineName(nrt-pv-, a.b) = %q, %v", got, err)
 	}
 }
 

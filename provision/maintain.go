@@ -48,10 +48,10 @@ type Maintainer struct {
 	NoWait bool
 	// Progress receives a line per image and phase; nil discards them.
 	Progress io.Writer
-	// Machine names the systemd-nspawn machine of an image's playbook
-	// run; nil means MachineName.
-	Machine func(image string) string
-	Log     *slog.Logger
+	// MachinePrefix starts the systemd-nspawn machine name of an image's
+	// playbook run (MachineName); empty means DefaultMachinePrefix.
+	MachinePrefix string
+	Log           *slog.Logger
 	// Done, when set, is called after each image's maintenance with its
 	// outcome (metrics record it).
 	Done func(image string, err error)
@@ -276,9 +276,9 @@ func (m *Maintainer) maintain(ctx context.Context, name, playbook string, update
 	}
 
 	m.progress(name, "running playbook %s", playbook)
-	machine := MachineName(name)
-	if m.Machine != nil {
-		machine = m.Machine(name)
+	machine, err := MachineName(m.MachinePrefix, name)
+	if err != nil {
+		return fmt.Errorf("maintain image %s: %w", name, err)
 	}
 	if err := m.Runner.Run(ctx, Target{Name: name, Tree: ws, Playbook: playbook, Machine: machine}); err != nil {
 		if exists {

@@ -96,12 +96,12 @@ func seedImage(t *testing.T, root, name string) string {
 func newMaintainer(t *testing.T, root, dir string, out io.Writer) *Maintainer {
 	t.Helper()
 	return &Maintainer{
-		Store:    &bootstrap.Store{Root: root},
-		Runner:   &Runner{Output: out, TempDir: t.TempDir(), CgroupParent: testCgroupParent(t)},
-		Dirs:     []string{dir},
-		Defaults: Defaults{Suite: testutil.ImageSuite},
-		Progress: out,
-		Machine:  func(image string) string { return "nrt-pv-" + MachineName(image)[len("nspawn-runner-maint-"):] },
+		Store:         &bootstrap.Store{Root: root},
+		Runner:        &Runner{Output: out, TempDir: t.TempDir(), CgroupParent: testCgroupParent(t)},
+		Dirs:          []string{dir},
+		Defaults:      Defaults{Suite: testutil.ImageSuite},
+		Progress:      out,
+		MachinePrefix: "nrt-pv-",
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/bootstrap"
 	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/gitlab"
+	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -211,9 +212,14 @@ func exitStatus(stderr io.Writer, name string, stage bool, exits gitlab.ExitCode
 
 // report prints a command's error as one line on stderr. Domain errors
 // often start with the operation ("run: machine ..."), which is the
-// command's name here: say it once.
+// command's name here: say it once. Errors the admin fixes by installing
+// something get that advice here, not in the domain packages.
 func report(stderr io.Writer, name string, err error) {
-	fmt.Fprintf(stderr, "nspawn-runner %s: %s\n", name, strings.TrimPrefix(err.Error(), name+": "))
+	advice := ""
+	if errors.Is(err, nspawn.ErrNotFound) {
+		advice = " (install systemd-container)"
+	}
+	fmt.Fprintf(stderr, "nspawn-runner %s: %s%s\n", name, strings.TrimPrefix(err.Error(), name+": "), advice)
 }
 
 // helpAsked reports whether the user asked for help or the version.

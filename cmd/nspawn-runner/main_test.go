@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/nspawn-runner/nspawn-runner/bootstrap"
+	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
 // host is a temporary configuration, image root and run directory, so
@@ -150,6 +151,24 @@ func TestChildStatusIsNotOurs(t *testing.T) {
 		args := append(append([]string{}, h.global...), tc.name, "x")
 		if code := execute(app, cmds, g, args); code != tc.code || errb.String() != tc.stderr {
 			t.Errorf("%s failing with %v: exit %d, stderr %q; want %d, %q", tc.name, tc.err, code, errb.String(), tc.code, tc.stderr)
+		}
+	}
+}
+
+// A missing systemd-nspawn is reported with the package to install, in
+// image commands and stages alike.
+func TestNspawnNotFoundAdvice(t *testing.T) {
+	h := newHost(t, "")
+	missing := fmt.Errorf("prepare x: %w", fmt.Errorf("systemd-nspawn: %w on PATH", nspawn.ErrNotFound))
+	for name, code := range map[string]int{"chroot-login": 1, "prepare": 7} {
+		var out, errb bytes.Buffer
+		g := &globals{getenv: func(k string) string { return gitlabEnv[k] }, stdout: &out, stderr: &errb}
+		app, cmds := newApp(g)
+		stage := cmds[name].stage
+		cmds[name] = &command{stage: stage, run: func(context.Context) error { return missing }}
+		args := append(append([]string{}, h.global...), name, "x")
+		if got := execute(app, cmds, g, args); got != code || !strings.HasSuffix(errb.String(), "systemd-nspawn not found on PATH (install systemd-container)\n") {
+			t.Errorf("%s without systemd-nspawn: exit %d, stderr %q; want %d and the advice", name, got, errb.String(), code)
 		}
 	}
 }

@@ -1,9 +1,6 @@
 package nspawn
 
-import (
-	"os"
-	"strconv"
-)
+import "os"
 
 // Bind is a --bind or --bind-ro of a host path into the machine.
 type Bind struct {
@@ -170,23 +167,4 @@ func HasSystemd() bool {
 func HasSystemBus() bool {
 	_, err := os.Stat("/run/dbus/system_bus_socket")
 	return err == nil
-}
-
-// ParseVersion returns systemd-nspawn's major version from its --version output
-// ("systemd 252 (252.38-1~deb12u1)"), or 0 when it cannot be read.
-func ParseVersion(out string) int {
-	const prefix = "systemd "
-	if len(out) < len(prefix) || out[:len(prefix)] != prefix {
-		return 0
-	}
-	rest := out[len(prefix):]
-	end := 0
-	for end < len(rest) && rest[end] >= '0' && rest[end] <= '9' {
-		end++
-	}
-	n, err := strconv.Atoi(rest[:end])
-	if err != nil {
-		return 0
-	}
-	return n
 }

@@ -1,4 +1,7 @@
-// Package nspawn runs systemd-nspawn(1): a pure argv builder, and starting
+// Package nspawn runs systemd-nspawn(1): finding the program and its
+// version (Find: the program probed is the one started), machine names
+// (the one sanitizer: host name labels of at most 63 characters), a pure
+// argv builder, and starting
 // it as a detached child (its own session, optionally its own cgroup via
 // clone3 CLONE_INTO_CGROUP) with a notification socket of our own
 // (sd_notify(3): X_NSPAWN_LEADER_PID=, STATUS=, READY=1) to wait until the

@@ -49,8 +49,9 @@ func ParseNotify(b []byte) Notification {
 
 // StartOptions are how to start systemd-nspawn.
 type StartOptions struct {
-	// Binary is the systemd-nspawn program; empty means "systemd-nspawn"
-	// on PATH.
+	// Binary is the systemd-nspawn program: the Path Find returned (the
+	// program whose version was probed); it goes through LookPath, so
+	// empty means "systemd-nspawn" on PATH.
 	Binary string
 	// Args are its arguments (see Args).
 	Args []string
@@ -86,20 +87,16 @@ type Process struct {
 // datagrams from this systemd-nspawn are read from (see WaitReady).
 // Release closes and removes it.
 func Start(o StartOptions) (*Process, error) {
-	bin := o.Binary
-	if bin == "" {
-		bin = "systemd-nspawn"
-	}
-	path, err := exec.LookPath(bin)
+	path, err := LookPath(o.Binary)
 	if err != nil {
-		return nil, fmt.Errorf("start systemd-nspawn: %w", err)
+		return nil, err
 	}
 	sock, err := listenNotify(o.NotifyDir)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(path, o.Args...)
-	cmd.Env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "NOTIFY_SOCKET=" + sock.path}, o.Env...)
+	cmd.Env = append([]string{"PATH=" + standardPath, "NOTIFY_SOCKET=" + sock.path}, o.Env...)
 	cmd.Stdout, cmd.Stderr = o.Log, o.Log
 	cmd.Dir = "/"
 	// Setsid: no controlling terminal, and not in the process group that
@@ -246,17 +243,4 @@ func Tail(b []byte, n int) []byte {
 		b = b[i+1:]
 	}
 	return b
-}
-
-// Version runs systemd-nspawn --version and returns its major version, 0
-// when unknown.
-func Version(ctx context.Context, binary string) (int, error) {
-	if binary == "" {
-		binary = "systemd-nspawn"
-	}
-	out, err := exec.CommandContext(ctx, binary, "--version").Output()
-	if err != nil {
-		return 0, fmt.Errorf("%s --version: %w", binary, err)
-	}
-	return ParseVersion(string(out)), nil
 }
