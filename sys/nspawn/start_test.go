@@ -52,23 +52,7 @@ func TestStartNotify(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireBinary(t, "systemd-nspawn")
 	image := testutil.Image(t)
-	logf, err := os.Create(filepath.Join(t.TempDir(), "log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cgf := ownCgroup(t, "notify")
-	// --volatile=overlay --read-only: the shared test image stays untouched.
-	p, err := nspawn.Start(nspawn.StartOptions{Args: nspawn.Args(nspawn.Spec{Directory: image, Machine: "nrt-lc-nspawn-notify", NoRegister: true, Volatile: "overlay", ReadOnly: true, AsPID2: true, Quiet: true, Command: []string{"sleep", "infinity"}}), Log: logf, CgroupFD: int(cgf.Fd())})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Release()
-	t.Cleanup(func() {
-		proc, _ := os.FindProcess(p.PID)
-		proc.Kill()
-		<-p.Exited()
-	})
+	p := startSleeper(t, "notify", nspawn.StartOptions{Args: sleeperArgs(image, "nrt-lc-nspawn-notify")})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	leader, err := p.WaitReady(ctx, false)
@@ -144,34 +128,19 @@ func TestStartIgnoresForgedNotify(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireBinary(t, "systemd-nspawn")
 	image := testutil.Image(t)
-	nspawnPath, err := exec.LookPath("systemd-nspawn")
+	nspawnPath, err := nspawn.LookPath("")
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	logf, err := os.Create(filepath.Join(dir, "log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
 	gate := filepath.Join(dir, "gate")
 	if err := syscall.Mkfifo(gate, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cgf := ownCgroup(t, "forged")
 	// The child waits on the fifo and then becomes systemd-nspawn (same
 	// pid): the forged datagrams are queued before nspawn sends any.
-	args := append([]string{"-c", `read x < "$0" && exec "$@"`, gate, nspawnPath}, nspawn.Args(nspawn.Spec{Directory: image, Machine: "nrt-rsec-nspawn-forged", NoRegister: true, Volatile: "overlay", ReadOnly: true, AsPID2: true, Quiet: true, Command: []string{"sleep", "infinity"}})...)
-	p, err := nspawn.Start(nspawn.StartOptions{Binary: "/bin/sh", Args: args, Log: logf, CgroupFD: int(cgf.Fd()), NotifyDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Release()
-	t.Cleanup(func() {
-		proc, _ := os.FindProcess(p.PID)
-		proc.Kill()
-		<-p.Exited()
-	})
+	args := append([]string{"-c", `read x < "$0" && exec "$@"`, gate, nspawnPath}, sleeperArgs(image, "nrt-rsec-nspawn-forged")...)
+	p := startSleeper(t, "forged", nspawn.StartOptions{Binary: "/bin/sh", Args: args, NotifyDir: dir})
 
 	forger := exec.Command(os.Args[0])
 	forger.Env = append(os.Environ(), forgerEnv+"="+strconv.Itoa(p.PID))
@@ -220,6 +189,36 @@ func TestStartIgnoresForgedNotify(t *testing.T) {
 	if f[1] != strconv.Itoa(p.PID) {
 		t.Errorf("leader %d has parent %s, want systemd-nspawn %d", leader, f[1], p.PID)
 	}
+}
+
+// sleeperArgs is a machine of the shared test image with sleep as its
+// payload; --volatile=overlay --read-only leave the image untouched.
+func sleeperArgs(image, machine string) []string {
+	return nspawn.Args(nspawn.Spec{Directory: image, Machine: machine, NoRegister: true, Volatile: "overlay", ReadOnly: true, AsPID2: true, Quiet: true, Command: []string{"sleep", "infinity"}})
+}
+
+// startSleeper starts o in a cgroup of its own (named for name) with a log
+// file, and kills it at the end of the test.
+func startSleeper(t *testing.T, name string, o nspawn.StartOptions) *nspawn.Process {
+	t.Helper()
+	logf, err := os.Create(filepath.Join(t.TempDir(), "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logf.Close() })
+	cgf := ownCgroup(t, name)
+	o.Log, o.CgroupFD = logf, int(cgf.Fd())
+	p, err := nspawn.Start(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		proc, _ := os.FindProcess(p.PID)
+		proc.Kill()
+		<-p.Exited()
+		p.Release()
+	})
+	return p
 }
 
 // ownCgroup makes a cgroup for one test's systemd-nspawn and removes it
