@@ -78,7 +78,8 @@ func Gather(ctx context.Context, h Host) Facts {
 	}
 
 	vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	f.NspawnVersion, f.NspawnErr = nspawn.Version(vctx, "")
+	prog, nerr := nspawn.Find(vctx, "")
+	f.NspawnVersion, f.NspawnErr = prog.Version, nerr
 	cancel()
 
 	var st unix.Statfs_t
