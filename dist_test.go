@@ -31,11 +31,14 @@ func TestDistConfig(t *testing.T) {
 	if !reflect.DeepEqual(got, config.Default()) {
 		t.Errorf("as shipped = %+v, want the defaults", got)
 	}
-	// Uncomment the settings: lines "#key: value" (no space after "#").
+	// Uncomment the settings.
 	var lines []string
 	settings := 0
 	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "#") && len(l) > 1 && l[1] != ' ' && l[1] != '#' {
+		// "#key: value" at the top, "#  key: value" in a section; comments
+		// are "# text" or indented "  # text".
+		nested := strings.HasPrefix(l, "#  ") && len(l) > 3 && l[3] != ' '
+		if nested || strings.HasPrefix(l, "#") && len(l) > 1 && l[1] != ' ' && l[1] != '#' {
 			l = l[1:]
 			settings++
 		}
@@ -56,6 +59,10 @@ func TestDistConfig(t *testing.T) {
 	// Empty lists load as empty, not nil.
 	if len(got.PlaybookDirs) == 0 && len(got.AllowedImages) == 0 && len(got.Bootstrap.Packages) == 0 {
 		got.PlaybookDirs, got.AllowedImages, got.Bootstrap.Packages = want.PlaybookDirs, want.AllowedImages, want.Bootstrap.Packages
+	}
+	m := &got.Machine
+	if len(m.AllowNetworks) == 0 && len(m.DenyNetworks) == 0 && len(m.DNS) == 0 {
+		m.AllowNetworks, m.DenyNetworks, m.DNS = want.Machine.AllowNetworks, want.Machine.DenyNetworks, want.Machine.DNS
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("uncommented (%d settings) =\n%+v\nwant the defaults\n%+v", settings, got, want)
