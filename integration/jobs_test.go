@@ -389,6 +389,13 @@ func TestPrepareRetry(t *testing.T) {
 // Eight jobs at once from one image, each in its own machine.
 func TestConcurrentJobs(t *testing.T) {
 	r := NewRunner(t, Options{StandIn: true})
+	eightJobs(t, r)
+	r.AssertClean(t)
+}
+
+// eightJobs runs eight jobs of r at once and checks each stayed in its own
+// machine from build_script to after_script.
+func eightJobs(t *testing.T, r *Runner) {
 	t.Run("group", func(t *testing.T) {
 		for i := 0; i < 8; i++ {
 			t.Run(strconv.Itoa(i), func(t *testing.T) {
@@ -409,7 +416,6 @@ func TestConcurrentJobs(t *testing.T) {
 			})
 		}
 	})
-	r.AssertClean(t)
 }
 
 // Variables with quotes, $, newlines, control characters and unicode

@@ -386,23 +386,7 @@ func vmMemoryMax(t *testing.T, rs map[string]*Runner) {
 func vmConcurrent(t *testing.T, rs map[string]*Runner) {
 	r := rs["btrfs"]
 	configure(t, r, "boot", "  memory_max: 400M\n")
-	t.Run("group", func(t *testing.T) {
-		for i := 0; i < 8; i++ {
-			t.Run(strconv.Itoa(i), func(t *testing.T) {
-				t.Parallel()
-				res := r.RunJob(t, Job{
-					ProjectID: int64(100 + i),
-					Script: []string{
-						`echo "$CI_JOB_ID" > /var/tmp/who`,
-						`sleep 2`,
-						`test "$(cat /var/tmp/who)" = "$CI_JOB_ID"`,
-						`cat /proc/self/cgroup`,
-					},
-				})
-				mustPass(t, res)
-			})
-		}
-	})
+	eightJobs(t, r)
 	r.AssertClean(t)
 	waitNoMachineUnits(t)
 }

@@ -64,20 +64,7 @@ func TestStartInNamespaces(t *testing.T) {
 	}
 	t.Cleanup(func() { leader.Process.Kill(); leader.Wait() })
 	// The sleeping child of unshare is the namespaces' pid 1.
-	var inner int
-	deadline := time.Now().Add(10 * time.Second)
-	for inner == 0 && time.Now().Before(deadline) {
-		b, _ := os.ReadFile("/proc/" + itoa(leader.Process.Pid) + "/task/" + itoa(leader.Process.Pid) + "/children")
-		if f := strings.Fields(string(b)); len(f) > 0 {
-			if c, _ := os.ReadFile("/proc/" + f[0] + "/comm"); strings.TrimSpace(string(c)) == "sleep" {
-				inner = atoi(f[0])
-			}
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if inner == 0 {
-		t.Fatal("no inner process")
-	}
+	inner := sleepingChild(t, leader.Process.Pid)
 	p, err := Open(inner, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -152,20 +139,7 @@ func TestStartIntoCgroupOutsideItsNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { leader.Process.Kill(); leader.Wait() })
-	var inner int
-	deadline := time.Now().Add(10 * time.Second)
-	for inner == 0 && time.Now().Before(deadline) {
-		b, _ := os.ReadFile("/proc/" + itoa(leader.Process.Pid) + "/task/" + itoa(leader.Process.Pid) + "/children")
-		if f := strings.Fields(string(b)); len(f) > 0 {
-			if c, _ := os.ReadFile("/proc/" + f[0] + "/comm"); strings.TrimSpace(string(c)) == "sleep" {
-				inner = atoi(f[0])
-			}
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if inner == 0 {
-		t.Fatal("no inner process")
-	}
+	inner := sleepingChild(t, leader.Process.Pid)
 	p, err := Open(inner, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -183,4 +157,22 @@ func TestStartIntoCgroupOutsideItsNamespace(t *testing.T) {
 	if _, err := cmd.Wait(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// sleepingChild waits for the sleep that unshare(1) (pid) forked: the pid
+// 1 of its new namespaces.
+func sleepingChild(t *testing.T, pid int) int {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		b, _ := os.ReadFile("/proc/" + itoa(pid) + "/task/" + itoa(pid) + "/children")
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			if c, _ := os.ReadFile("/proc/" + f[0] + "/comm"); strings.TrimSpace(string(c)) == "sleep" {
+				return atoi(f[0])
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("no inner process")
+	return 0
 }
