@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/internal/logx"
 	"github.com/nspawn-runner/nspawn-runner/network"
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
 	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
@@ -128,10 +129,7 @@ func (m *Manager) detachNetwork(l Layout) error {
 }
 
 func (m *Manager) log() *slog.Logger {
-	if m.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return m.Log
+	return logx.OrDiscard(m.Log)
 }
 
 func (m *Manager) cgroups() (cgroup.Hierarchy, error) {

@@ -1,6 +1,7 @@
 package network
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -22,6 +23,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/internal/logx"
+	"github.com/nspawn-runner/nspawn-runner/sys/flock"
 	"github.com/nspawn-runner/nspawn-runner/sys/netns"
 	"github.com/nspawn-runner/nspawn-runner/sys/nft"
 )
@@ -106,10 +109,7 @@ type allocation struct {
 }
 
 func (n *Network) log() *slog.Logger {
-	if n.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return n.Log
+	return logx.OrDiscard(n.Log)
 }
 
 func (n *Network) table() string {
@@ -136,26 +136,15 @@ func resolvPath(dir string) string { return filepath.Join(dir, "resolv.conf") }
 func (n *Network) allocPath(name string) string { return filepath.Join(n.StateDir, name+".json") }
 
 // lock takes the flock on StateDir/lock; the kernel drops it if we die.
-func (n *Network) lock() (*os.File, error) {
+func (n *Network) lock() (*flock.Lock, error) {
 	if err := os.MkdirAll(n.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("network state: %w", err)
 	}
-	p := filepath.Join(n.StateDir, "lock")
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	l, err := flock.Wait(context.Background(), filepath.Join(n.StateDir, "lock"), flock.Exclusive)
 	if err != nil {
-		return nil, fmt.Errorf("network lock: %w", err)
+		return nil, fmt.Errorf("network: %w", err)
 	}
-	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("network lock %s: %w", p, err)
-	}
-	return f, nil
+	return l, nil
 }
 
 // host holds handles to the namespace with the bridge.
@@ -226,7 +215,7 @@ func (n *Network) Attach(name, dir string) (att *Attachment, err error) {
 	if err != nil {
 		return nil, err
 	}
-	defer lk.Close()
+	defer lk.Unlock()
 	h, err := n.openHost()
 	if err != nil {
 		return nil, err
@@ -628,7 +617,7 @@ func (n *Network) Detach(name, dir string) error {
 	if err != nil {
 		return err
 	}
-	defer lk.Close()
+	defer lk.Unlock()
 	h, err := n.openHost()
 	if err != nil {
 		return err
@@ -683,7 +672,7 @@ func (n *Network) Reclaim(exists func(name string) bool) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer lk.Close()
+	defer lk.Unlock()
 	h, err := n.openHost()
 	if err != nil {
 		return nil, err

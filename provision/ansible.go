@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/internal/logx"
 	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
@@ -97,10 +98,7 @@ func (e *PlaybookError) Error() string {
 func (e *PlaybookError) Unwrap() error { return e.Err }
 
 func (r *Runner) log() *slog.Logger {
-	if r.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return r.Log
+	return logx.OrDiscard(r.Log)
 }
 
 // DefaultMachinePrefix starts the machine name of a playbook run.

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nspawn-runner/nspawn-runner/bootstrap"
+	"github.com/nspawn-runner/nspawn-runner/internal/logx"
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
 	"github.com/nspawn-runner/nspawn-runner/sys/flock"
 	"github.com/nspawn-runner/nspawn-runner/sys/treecopy"
@@ -58,10 +59,7 @@ type Maintainer struct {
 }
 
 func (m *Maintainer) log() *slog.Logger {
-	if m.Log == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return m.Log
+	return logx.OrDiscard(m.Log)
 }
 
 func (m *Maintainer) progress(name, format string, args ...any) {
