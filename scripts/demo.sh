@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 ROOT=${NSPAWN_RUNNER_ROOT:-/var/lib/nspawn-runner}
 LOOPBACK_SIZE=${LOOPBACK_SIZE:-8G}
-BIN=bin/nspawn-runner
+BIN=$PWD/bin/nspawn-runner
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -38,7 +38,7 @@ if ! command -v go >/dev/null; then
 	echo "demo.sh: Go 1.26 or later is needed to build; install the official Go release in /usr/local/go and run me again" >&2
 	exit 1
 fi
-make build
+make -s build
 
 step "preparing the image root $ROOT"
 # The nearest existing directory tells which filesystem the root will be on.
@@ -66,32 +66,49 @@ fi
 
 step "entering it"
 echo -n "Debian version in the image: "
-"$BIN" --root "$ROOT" chroot-login bookworm -- cat /etc/debian_version
+# systemd-nspawn says it cannot remove its propagation directory where /run
+# is not a tmpfs (some containers and VMs): harmless, not shown.
+"$BIN" --root "$ROOT" chroot-login bookworm -- cat /etc/debian_version 2> >(grep -v -e '/run/systemd/nspawn/propagate' >&2)
 
 # job
 step "running a CI job end to end, as gitlab-runner calls the executor"
 # gitlab-runner runs every stage in a per-job temporary directory with these
 # variables; the stage scripts below are bash in its style.
 job=$(mktemp -d)
-id="demo-$$"
+id=$((100000 + $$))
+# The job payload gitlab-runner hands every stage (JOB_RESPONSE_FILE): the
+# job's identity and its project, from which the machine's name and the
+# project's cache directory come.
+cat > "$job/job.json" <<JOB
+{"id": $id, "token": "demo-token", "allow_git_fetch": true,
+ "job_info": {"name": "build", "stage": "test", "project_id": 1, "project_name": "hello"},
+ "git_info": {"repo_url": "https://gitlab-ci-token:demo-token@gitlab.example.com/demo/hello.git", "ref": "main",
+              "sha": "0123456789abcdef0123456789abcdef01234567", "ref_type": "branch", "depth": 20},
+ "runner_info": {"timeout": 3600}, "variables": [],
+ "steps": [{"name": "script", "script": ["make"], "timeout": 3600, "when": "on_success"}]}
+JOB
+export JOB_RESPONSE_FILE="$job/job.json"
+if ! command -v gitlab-runner >/dev/null; then
+	echo "(gitlab-runner is not installed here: the job runs, without caches and artifacts)"
+fi
 cleanup() {
-	"$BIN" --root "$ROOT" cleanup --id "$id" || true
+	"$BIN" --root "$ROOT" cleanup >/dev/null 2>&1 || true
 	rm -rf "$job"
 }
 trap cleanup EXIT
 cd "$job"
 export BUILD_FAILURE_EXIT_CODE=1 SYSTEM_FAILURE_EXIT_CODE=2 BUILD_EXIT_CODE_FILE="$job/exit-code"
-nr() { "$OLDPWD/$BIN" --root "$ROOT" "$@"; }
+nr() { "$BIN" --root "$ROOT" "$@"; }
 
 echo "--- config_exec"
 nr gitlab-config
 echo "--- prepare_exec"
-nr prepare --id "$id" bookworm
+nr prepare bookworm 2> >(grep -v -e 'caches and artifacts are disabled' >&2)
 
 stage() { # stage NAME SCRIPT: write the script and run it as run_exec does
 	printf '#!/usr/bin/env bash\nset -eo pipefail\n%s\n' "$2" > "$job/script-$1"
 	echo "--- run_exec $1"
-	nr run --id "$id" "$job/script-$1" "$1"
+	nr run "$job/script-$1" "$1"
 }
 stage get_sources 'mkdir -p /builds/demo && cd /builds/demo && git init -q . && printf "all:\n\techo built by \$\$(hostname) > out.txt\n" > Makefile && echo "fetched into $PWD"'
 stage build_script 'cd /builds/demo && echo "Debian $(cat /etc/debian_version), systemd says: $(systemctl is-system-running || true)" && apt-get --version | head -1 && (command -v make >/dev/null || echo built by $(hostname) > out.txt)'
@@ -108,10 +125,9 @@ echo "run_exec exited $rc (BUILD_FAILURE_EXIT_CODE=1), BUILD_EXIT_CODE_FILE says
 echo "--- the machine while the job runs"
 nr ps
 echo "--- cleanup_exec"
-nr cleanup --id "$id"
+nr cleanup
 trap - EXIT
 rm -rf "$job"
 cd "$OLDPWD"
 echo
 echo "demo passed: a job ran in its own machine from image bookworm, and the machine is gone"
-"$BIN" --root "$ROOT" ps
