@@ -15,6 +15,14 @@
 //	                             over upper/ and work/)
 //	CGROUP2/PARENT/NAME          the machine's cgroup (limits, kill)
 //
+// The files: manager.go (the Manager, machine names on disk, locks),
+// plan.go (the pure decisions: name, layout, storage, systemd-nspawn
+// command line, environment), prepare.go, run.go, destroy.go (cleanup
+// and the destroy every remover shares), gc.go (gc and ps), host.go
+// (what the host offers: cgroups, systemd-nspawn's version, memory for
+// limits), network.go, limits.go (exhausted host limits), lock.go and
+// record.go (the state record; testdata/record.json holds its format).
+//
 // There is no per-machine supervisor process: prepare starts
 // systemd-nspawn detached, waits on its notification socket until the
 // machine is ready, and exits. systemd-nspawn keeps running on its own;

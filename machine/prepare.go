@@ -1,0 +1,232 @@
+package machine
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
+	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
+	"github.com/nspawn-runner/nspawn-runner/sys/mount"
+	"github.com/nspawn-runner/nspawn-runner/sys/ns"
+	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
+)
+
+// scriptsSize bounds the tmpfs holding a machine's stage scripts.
+const scriptsSize = 64 << 20
+
+// PrepareRequest asks for a job's machine.
+type PrepareRequest struct {
+	JobID string
+	// Key tells this job from others with the same id (gitlab.Job.Key).
+	Key   string
+	Image string
+	// Mode overrides the configured mode when not empty.
+	Mode string
+	// Binds are extra host -> machine bind mounts.
+	Binds []Bind
+	// Path and Env extend every stage's environment inside the machine.
+	Path []string
+	Env  []string
+}
+
+// Prepare starts the job's machine and returns its name once it is ready.
+// A machine the job already had (a retried prepare) is removed first. On
+// failure everything started is torn down.
+func (m *Manager) Prepare(ctx context.Context, req PrepareRequest) (name string, err error) {
+	name, err = m.Name(req.JobID, req.Key)
+	if err != nil {
+		return "", err
+	}
+	mode := req.Mode
+	if mode == "" {
+		mode = m.Config.Mode
+	}
+	if mode != config.ModeBoot && mode != config.ModeFast {
+		return "", fmt.Errorf("prepare %s: unknown mode %q", name, mode)
+	}
+	imagePath, err := m.Images.Path(req.Image)
+	if err != nil {
+		return "", err
+	}
+	l := m.layout(name)
+	lk, err := m.lockMachine(ctx, l, true)
+	if err != nil {
+		return "", fmt.Errorf("prepare %s: %w", name, err)
+	}
+	removed := false
+	defer func() { lk.release(removed) }()
+	if m.exists(l) {
+		m.log().Info("removing what an earlier prepare of this job left", "machine", name)
+		dctx, cancel := m.destroyContext(ctx)
+		err := m.destroy(dctx, l)
+		cancel()
+		if err != nil {
+			return "", fmt.Errorf("prepare %s: remove earlier machine: %w", name, err)
+		}
+	}
+	defer func() {
+		if err != nil {
+			cctx, cancel := m.destroyContext(ctx)
+			defer cancel()
+			if cerr := m.destroy(cctx, l); cerr != nil {
+				m.log().Error("tearing down the failed machine", "machine", name, "err", cerr)
+			} else {
+				removed = true
+			}
+		}
+	}()
+	if err := m.prepare(ctx, req, l, mode, imagePath); err != nil {
+		return "", fmt.Errorf("prepare %s: %w", name, err)
+	}
+	return name, nil
+}
+
+func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mode, imagePath string) error {
+	var st unix.Stat_t
+	if err := unix.Stat(imagePath, &st); err != nil {
+		return fmt.Errorf("stat image %s: %w", imagePath, err)
+	}
+	isSub, _ := btrfs.IsSubvolume(imagePath)
+	storage, err := ChooseStorage(m.Config.Storage, isSub)
+	if err != nil {
+		return err
+	}
+	rec := &Record{
+		Name: l.Name, JobID: req.JobID, State: StatePreparing, Mode: mode, Storage: storage,
+		Image: req.Image, ImagePath: imagePath, ImageDev: uint64(st.Dev), ImageIno: st.Ino,
+		RunDir: l.RunDir, Cgroup: l.Cgroup,
+		// An empty mode (a Config not from config.Load) is host.
+		Network: cmp.Or(m.Config.Network, config.NetworkHost),
+		Path:    req.Path, Env: req.Env, Binds: req.Binds, Created: time.Now().UTC(),
+	}
+	if storage != StorageVolatile {
+		rec.Tree, rec.MachineDir = l.Tree, l.MachineDir
+	} else {
+		rec.Tree = imagePath
+	}
+	// The record comes first: whatever exists later, cleanup and gc find
+	// it by this name.
+	if err := writeRecord(l.Record, rec); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(l.Scripts, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", l.Scripts, err)
+	}
+	// Stage scripts (which carry the job's secrets) go through a small
+	// tmpfs of their own: never on disk, and written in microseconds
+	// whatever filesystem the run directory is on.
+	if _, err := mount.Tmpfs(l.Scripts, scriptsSize, 0o700); err != nil {
+		return err
+	}
+	if err := m.makeStorage(l, storage, imagePath); err != nil {
+		return err
+	}
+	prog, err := findNspawn(ctx, m.Nspawn, m.RunDir)
+	if err != nil {
+		return err
+	}
+	host := Host{NoBus: !nspawn.HasSystemd() || !nspawn.HasSystemBus(), NspawnVersion: prog.Version}
+	h, cgErr := m.cgroups()
+	cgFD := -1
+	switch {
+	case !host.NoBus:
+		// systemd makes the machine's scope (with our limits as
+		// properties); nspawn moves itself there.
+	case cgErr == nil:
+		f, err := m.makeCgroup(h, l)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		cgFD = int(f.Fd())
+	default:
+		m.log().Warn("no cgroup v2: machines share our cgroup and limits cannot be applied", "err", cgErr)
+	}
+	in := PlanInput{Layout: l, ImagePath: imagePath, Storage: storage, Mode: mode, Seccomp: m.Config.Seccomp, Binds: req.Binds, Host: host, Limits: m.limits()}
+	if err := m.attachNetwork(l, rec, &in); err != nil {
+		return err
+	}
+	spec, env := Plan(in)
+	logf, err := os.OpenFile(l.Log, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("open nspawn log: %w", err)
+	}
+	defer logf.Close()
+	m.log().Debug("starting systemd-nspawn", "machine", l.Name, "args", nspawn.Args(spec))
+	p, err := nspawn.Start(nspawn.StartOptions{Binary: prog.Path, Args: nspawn.Args(spec), Env: env, Log: logf, CgroupFD: cgFD, NotifyDir: m.RunDir})
+	if err != nil {
+		return err
+	}
+	defer p.Release()
+	rec.NspawnPID = p.PID
+	if s, err := ns.ReadStat(p.PID); err == nil {
+		rec.NspawnStart = s.StartTime
+	}
+	if err := writeRecord(l.Record, rec); err != nil {
+		return err
+	}
+	rctx, stop := m.readyContext(ctx, l.Log)
+	defer stop()
+	leader, err := p.WaitReady(rctx, mode == config.ModeBoot)
+	if err != nil {
+		// A host limit that ran out fails at once, naming the limit.
+		return limitCause(rctx, err)
+	}
+	ls, err := ns.ReadStat(leader)
+	if err != nil {
+		return fmt.Errorf("machine leader: %w", err)
+	}
+	rec.LeaderPID, rec.LeaderStart, rec.State = leader, ls.StartTime, StateRunning
+	if !host.NoBus {
+		// systemd made the scope: find it from the leader.
+		if cg := ownCgroup(leader); cg != "" {
+			rec.Cgroup = cg
+		}
+	}
+	if err := writeRecord(l.Record, rec); err != nil {
+		return err
+	}
+	m.log().Info("machine ready", "machine", l.Name, "image", req.Image, "mode", mode, "storage", storage, "network", rec.Network, "address", rec.Address, "leader", leader)
+	return nil
+}
+
+func (m *Manager) makeStorage(l Layout, storage, imagePath string) error {
+	switch storage {
+	case StorageBtrfs:
+		if err := os.MkdirAll(l.MachineDir, 0o700); err != nil {
+			return fmt.Errorf("create %s: %w", l.MachineDir, err)
+		}
+		return btrfs.Snapshot(imagePath, l.Tree)
+	case StorageOverlay:
+		for _, d := range []string{l.Upper, l.Work, l.Tree} {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				return fmt.Errorf("create %s: %w", d, err)
+			}
+		}
+		_, err := mount.Overlay(l.Tree, []string{imagePath}, l.Upper, l.Work)
+		return err
+	}
+	return nil
+}
+
+func (m *Manager) makeCgroup(h cgroup.Hierarchy, l Layout) (*os.File, error) {
+	lim := m.limits()
+	missing, err := h.Create(l.Cgroup, lim.Wanted())
+	if err != nil {
+		return nil, err
+	}
+	skipped, err := h.SetLimits(l.Cgroup, lim)
+	if err != nil {
+		return nil, err
+	}
+	if len(missing) > 0 || len(skipped) > 0 {
+		m.log().Warn("cgroup v2 controllers missing here: these limits cannot be applied", "controllers", missing, "limits", skipped)
+	}
+	return h.Open(l.Cgroup)
+}
