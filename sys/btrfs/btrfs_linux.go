@@ -9,6 +9,8 @@ import (
 
 	cbtrfs "github.com/containerd/btrfs/v2"
 	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/sys/internal/eintr"
 )
 
 // ErrNotBtrfs is returned when a path is not on a btrfs filesystem.
@@ -45,12 +47,7 @@ func IsBtrfs(path string) (bool, error) {
 }
 
 func statfs(path string, st *unix.Statfs_t) error {
-	for {
-		err := unix.Statfs(path, st)
-		if err != unix.EINTR {
-			return err
-		}
-	}
+	return eintr.Retry(func() error { return unix.Statfs(path, st) })
 }
 
 // IsSubvolume reports whether path is the root of a btrfs subvolume. It

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/sys/internal/eintr"
 )
 
 // ErrNoCgroup2 is returned when no cgroup v2 hierarchy is mounted.
@@ -58,12 +60,7 @@ func isCgroupFS(p string) bool {
 }
 
 func statfs(p string, st *unix.Statfs_t) error {
-	for {
-		err := unix.Statfs(p, st)
-		if err != unix.EINTR {
-			return err
-		}
-	}
+	return eintr.Retry(func() error { return unix.Statfs(p, st) })
 }
 
 // Path returns the directory of the group rel (relative to the root).

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/sys/internal/eintr"
 )
 
 // ErrNotAttached is returned when a loop device has no backing file.
@@ -229,10 +231,5 @@ func indexByte(b []byte, c byte) int {
 
 // ioctlRetry retries an ioctl interrupted by a signal.
 func ioctlRetry(f func() (int, error)) (int, error) {
-	for {
-		n, err := f()
-		if !errors.Is(err, unix.EINTR) {
-			return n, err
-		}
-	}
+	return eintr.Retry1(f)
 }

@@ -10,6 +10,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/sys/internal/eintr"
 )
 
 // Mount is a handle on one mount made by this package. Unmount undoes it.
@@ -53,16 +55,11 @@ const (
 )
 
 func mount(op, source, target, fstype string, flags uintptr, data string) error {
-	for {
-		err := unix.Mount(source, target, fstype, flags, data)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return &Error{Op: op, Source: source, Target: target, Fstype: fstype, Flags: flags, Data: data, Err: err}
-		}
-		return nil
+	err := eintr.Retry(func() error { return unix.Mount(source, target, fstype, flags, data) })
+	if err != nil {
+		return &Error{Op: op, Source: source, Target: target, Fstype: fstype, Flags: flags, Data: data, Err: err}
 	}
+	return nil
 }
 
 // Bind mounts src on dst (MS_BIND). dst must exist and be of the same kind
