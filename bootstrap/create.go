@@ -1,9 +1,6 @@
 package bootstrap
 
-import (
-	"context"
-	"io"
-)
+import "io"
 
 // CreateOptions says how to build a new image.
 type CreateOptions struct {
@@ -18,11 +15,4 @@ type CreateOptions struct {
 	// Interactive redraws a live single-line display on Progress (a
 	// terminal) as packages are retrieved, unpacked and configured.
 	Interactive bool
-}
-
-// Create builds image name with debootstrap in a workspace and installs it
-// only when debootstrap succeeded: a failed, cancelled or killed create
-// leaves no image. Creating an image that exists fails with ErrExists.
-func (s *Store) Create(ctx context.Context, name string, o CreateOptions) error {
-	return s.create(ctx, name, o)
 }

@@ -85,7 +85,10 @@ func checkOptions(o CreateOptions) error {
 	return nil
 }
 
-func (s *Store) create(ctx context.Context, name string, o CreateOptions) error {
+// Create builds image name with debootstrap in a workspace and installs it
+// only when debootstrap succeeded: a failed, cancelled or killed create
+// leaves no image. Creating an image that exists fails with ErrExists.
+func (s *Store) Create(ctx context.Context, name string, o CreateOptions) error {
 	if err := config.CheckImageName(name); err != nil {
 		return err
 	}
@@ -168,7 +171,7 @@ func (s *Store) Debootstrap(ctx context.Context, ws string, o CreateOptions) err
 // exists fails with ErrExists when image name exists.
 func (s *Store) exists(name string) error {
 	if _, err := os.Lstat(s.path(name)); err == nil {
-		return fmt.Errorf("image %q already exists in %s (remove it first with nspawn-runner chroot-remove %s): %w", name, s.Root, name, ErrExists)
+		return fmt.Errorf("image %q already exists in %s: %w", name, s.Root, ErrExists)
 	}
 	return nil
 }

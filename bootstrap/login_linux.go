@@ -49,7 +49,10 @@ func MachineName(prefix, name string) (string, error) {
 	return nspawn.MachineName(prefix, name, "-"+randomSuffix()[:8])
 }
 
-func (s *Store) login(ctx context.Context, name string, argv []string) error {
+// Login runs systemd-nspawn on the image itself (not a snapshot: changes
+// stay), with stdio passed through: argv when given, and its non-zero exit
+// status as *ExitError, else an interactive shell.
+func (s *Store) Login(ctx context.Context, name string, argv []string) error {
 	dir, err := s.Path(name)
 	if err != nil {
 		return err

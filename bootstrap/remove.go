@@ -42,14 +42,3 @@ func (s *Store) Retire(ctx context.Context, name string) (string, error) {
 	s.log().Info("retired image", "image", name, "path", aside)
 	return aside, nil
 }
-
-func (s *Store) remove(ctx context.Context, name string) error {
-	aside, err := s.Retire(ctx, name)
-	if err != nil {
-		return err
-	}
-	if err := s.RemoveTree(aside); err != nil {
-		return fmt.Errorf("remove image %s: %w (the image is gone; gc removes the rest)", name, err)
-	}
-	return nil
-}

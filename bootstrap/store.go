@@ -27,6 +27,24 @@ import (
 // ErrNotFound is returned when an image does not exist.
 var ErrNotFound = errors.New("image not found")
 
+// NotFoundError is a missing image, with the images that do exist. It is
+// ErrNotFound for errors.Is.
+type NotFoundError struct {
+	Name, Root string
+	// Available are the images of Root, sorted; none when empty.
+	Available []string
+}
+
+func (e *NotFoundError) Error() string {
+	if len(e.Available) == 0 {
+		return fmt.Sprintf("image %q not found in %s, which holds no image yet", e.Name, e.Root)
+	}
+	return fmt.Sprintf("image %q not found in %s; available: %s", e.Name, e.Root, strings.Join(e.Available, ", "))
+}
+
+// Is makes errors.Is(err, ErrNotFound) true.
+func (e *NotFoundError) Is(target error) bool { return target == ErrNotFound }
+
 // ErrExists is returned when creating or installing an image that exists.
 var ErrExists = errors.New("image already exists")
 
@@ -99,8 +117,8 @@ func (s *Store) log() *slog.Logger {
 func (s *Store) path(name string) string { return filepath.Join(s.Root, name) }
 
 // Path returns the path of an existing image. A name that is not a valid
-// image name is refused; a missing image is an error wrapping ErrNotFound
-// whose message lists the images that exist.
+// image name is refused; a missing image is a *NotFoundError listing the
+// images that exist.
 func (s *Store) Path(name string) (string, error) {
 	if err := config.CheckImageName(name); err != nil {
 		return "", err
@@ -118,10 +136,7 @@ func (s *Store) Path(name string) (string, error) {
 
 func (s *Store) notFound(name string) error {
 	names, _ := s.Names()
-	if len(names) == 0 {
-		return fmt.Errorf("image %q not found in %s; none yet: create one with nspawn-runner chroot-create NAME: %w", name, s.Root, ErrNotFound)
-	}
-	return fmt.Errorf("image %q not found in %s; available: %s: %w", name, s.Root, strings.Join(names, ", "), ErrNotFound)
+	return &NotFoundError{Name: name, Root: s.Root, Available: names}
 }
 
 // Names lists the image names on disk, sorted. It only reads the root
@@ -477,16 +492,6 @@ func (s *Store) RemoveTree(path string) error {
 		return fmt.Errorf("remove %s: %w", path, err)
 	}
 	return removeTree(path)
-}
-
-// SetMaintained records the time of a successful maintenance of an image.
-func (s *Store) SetMaintained(name string, t time.Time) error {
-	m, err := s.ReadMeta(name)
-	if err != nil {
-		return err
-	}
-	m.Maintained = t.UTC()
-	return s.WriteMeta(name, m)
 }
 
 // ReadMeta reads an image's metadata; a missing file is an empty Meta.

@@ -130,12 +130,12 @@ func TestListKindSize(t *testing.T) {
 		if imgs[0].Size < 100<<20 || imgs[1].Size > 1<<20 {
 			t.Errorf("List sizes = %d, %d: want the Debian tree over 100 MiB and the tiny one under 1 MiB", imgs[0].Size, imgs[1].Size)
 		}
-		if err := s.SetMaintained("tiny", time.Unix(1700000000, 0)); err != nil {
+		if err := s.WriteMeta("tiny", bootstrap.Meta{Maintained: time.Unix(1700000000, 0)}); err != nil {
 			t.Fatal(err)
 		}
 		imgs, _ = s.List()
 		if !imgs[1].Maintained.Equal(time.Unix(1700000000, 0)) {
-			t.Errorf("Maintained = %v after SetMaintained", imgs[1].Maintained)
+			t.Errorf("Maintained = %v after WriteMeta", imgs[1].Maintained)
 		}
 	})
 }
@@ -144,7 +144,8 @@ func TestPathNotFound(t *testing.T) {
 	testutil.RequireRoot(t)
 	s := &bootstrap.Store{Root: filepath.Join(t.TempDir(), "images")}
 	_, err := s.Path("bookworm")
-	if !errors.Is(err, bootstrap.ErrNotFound) || !strings.Contains(err.Error(), "none yet: create one with nspawn-runner chroot-create NAME") {
+	var nf *bootstrap.NotFoundError
+	if !errors.Is(err, bootstrap.ErrNotFound) || !errors.As(err, &nf) || len(nf.Available) != 0 || strings.Contains(err.Error(), "nspawn-runner") {
 		t.Errorf("Path in an empty root = %v", err)
 	}
 	smallImage(t, s, "b", "1")
@@ -166,7 +167,7 @@ func TestHostileNames(t *testing.T) {
 		errs := map[string]error{}
 		_, errs["Path"] = s.Path(name)
 		errs["Create"] = s.Create(ctx, name, bootstrap.CreateOptions{Suite: "bookworm"})
-		errs["Remove"] = s.Remove(ctx, name)
+		_, errs["Retire"] = s.Retire(ctx, name)
 		errs["Login"] = s.Login(ctx, name, []string{"true"})
 		_, errs["Workspace"] = s.Workspace(name)
 		_, errs["Lock"] = s.Lock(ctx, name)
@@ -306,19 +307,26 @@ func TestRemove(t *testing.T) {
 		if err := s.WriteMeta("bookworm", bootstrap.Meta{Suite: "bookworm"}); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Remove(context.Background(), "bookworm"); err != nil {
+		retired, err := s.Retire(context.Background(), "bookworm")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e := entries(t, filepath.Join(s.Root, ".meta")); len(e) != 0 {
+			t.Errorf("Retire left metadata %q", e)
+		}
+		if r, err := s.Retired(); err != nil || !slices.Equal(r, []string{retired}) {
+			t.Errorf("Retired() = %q, %v, want [%s]", r, err, retired)
+		}
+		if err := s.RemoveTree(retired); err != nil {
 			t.Fatal(err)
 		}
 		for _, e := range entries(t, s.Root) {
 			if e != ".lock" && e != ".meta" {
-				t.Errorf("Remove left %s", e)
+				t.Errorf("Retire and RemoveTree left %s", e)
 			}
 		}
-		if e := entries(t, filepath.Join(s.Root, ".meta")); len(e) != 0 {
-			t.Errorf("Remove left metadata %q", e)
-		}
-		if err := s.Remove(context.Background(), "bookworm"); !errors.Is(err, bootstrap.ErrNotFound) {
-			t.Errorf("second Remove = %v, want ErrNotFound", err)
+		if _, err := s.Retire(context.Background(), "bookworm"); !errors.Is(err, bootstrap.ErrNotFound) {
+			t.Errorf("second Retire = %v, want ErrNotFound", err)
 		}
 	})
 }

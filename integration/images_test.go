@@ -200,6 +200,7 @@ func waitLine(t *testing.T, lines <-chan string, want string) {
 func TestImagesDoneWhen(t *testing.T) {
 	testutil.RequireRoot(t)
 	testutil.RequireBinary(t, "debootstrap")
+	testutil.RequireBinary(t, "ansible-playbook")
 	testutil.RequireBinary(t, "systemd-nspawn")
 	h := newIMHost(t, binary(t))
 
@@ -224,14 +225,36 @@ func TestImagesDoneWhen(t *testing.T) {
 	}
 	t.Logf("a SIGKILLed create left %q, mounts %q", debris, imMountsBelow(h.root))
 
+	// This time the image has a playbook: it runs on the new tree before
+	// the image appears, and no old tree is left behind (issue 12).
+	pbDir := filepath.Join(h.dir, "playbooks")
+	if err := os.MkdirAll(pbDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(pbDir, "bookworm.yaml"), []byte(`- hosts: all
+  gather_facts: false
+  tasks:
+    - name: mark the image
+      copy:
+        dest: /etc/nrt-im-provisioned
+        content: "yes\n"
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	_, errs, code := h.run(t, "-v", "chroot-create", "bookworm", "--suite", "bookworm")
 	if code != 0 {
 		t.Fatalf("chroot-create after a killed one: exit %d\n%s", code, errs)
 	}
 	for _, e := range h.entries(t) {
-		if strings.HasPrefix(e, ".tmp-") {
-			t.Errorf("the next create left the debris %s; its stderr:\n%s", e, errs)
+		if strings.HasPrefix(e, ".tmp-") || strings.HasPrefix(e, ".retired-") || strings.HasPrefix(e, ".swap-") {
+			t.Errorf("the next create left %s; its stderr:\n%s", e, errs)
 		}
+	}
+	if b, err := os.ReadFile(filepath.Join(h.root, "bookworm", "etc", "nrt-im-provisioned")); err != nil || string(b) != "yes\n" {
+		t.Errorf("chroot-create did not run the image's playbook: %q, %v\n%s", b, err, errs)
+	}
+	if err := os.Remove(filepath.Join(pbDir, "bookworm.yaml")); err != nil {
+		t.Fatal(err)
 	}
 	if m := imMountsBelow(h.root); len(m) != 0 {
 		t.Errorf("mounts left below the root: %q", m)

@@ -2,6 +2,7 @@ package provision
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nspawn-runner/nspawn-runner/bootstrap"
+	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/internal/logx"
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
 	"github.com/nspawn-runner/nspawn-runner/sys/flock"
@@ -27,12 +29,48 @@ var ErrBusy = errors.New("another create, remove or maintenance of this image is
 // ErrNoPlaybook is returned when an image to provision has no playbook.
 var ErrNoPlaybook = errors.New("no playbook")
 
-// Defaults are what an image is created with when its playbook does not
-// say: the configuration's bootstrap section.
-type Defaults struct {
-	Suite    string
-	Mirror   string
-	Packages []string
+// Collector deletes the retired image trees that no machine uses, and
+// returns their paths (machine.Manager's GCImages).
+type Collector interface {
+	GCImages() ([]string, error)
+}
+
+// CreateRequest is what chroot-create asks for. Its fields win over the
+// playbook's nspawn_runner_* vars, which win over the configuration
+// (Options).
+type CreateRequest struct {
+	Suite  string
+	Mirror string
+	// Include are extra packages; an entry may list several, separated
+	// by commas.
+	Include []string
+	// Progress receives debootstrap's phases; nil for none.
+	Progress io.Writer
+	// Interactive redraws a live line on Progress (a terminal).
+	Interactive bool
+}
+
+// Options is the one place that decides what an image is created with:
+// the request (chroot-create's flags) over the playbook's vars over the
+// configuration over config.DefaultSuite. Packages are the union of all
+// three, commas split, sorted, without duplicates.
+func Options(cfg config.Bootstrap, v Vars, req CreateRequest) bootstrap.CreateOptions {
+	var pkgs []string
+	for _, entry := range slices.Concat(cfg.Packages, v.Include, req.Include) {
+		for p := range strings.SplitSeq(entry, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				pkgs = append(pkgs, p)
+			}
+		}
+	}
+	slices.Sort(pkgs)
+	return bootstrap.CreateOptions{
+		Suite:       cmp.Or(req.Suite, v.Suite, cfg.Suite, config.DefaultSuite),
+		Mirror:      cmp.Or(req.Mirror, v.Mirror, cfg.Mirror),
+		Packages:    slices.Compact(pkgs),
+		Progress:    req.Progress,
+		Interactive: req.Interactive,
+	}
 }
 
 // Maintainer creates, recreates and provisions images from their
@@ -42,8 +80,13 @@ type Maintainer struct {
 	Store  *bootstrap.Store
 	Runner *Runner
 	// Dirs are the playbook directories, in search order.
-	Dirs     []string
-	Defaults Defaults
+	Dirs []string
+	// Defaults is the configuration's bootstrap section: what an image is
+	// created with when neither chroot-create nor the playbook says.
+	Defaults config.Bootstrap
+	// Collector deletes a replaced or removed image's tree at once when
+	// no machine uses it; nil leaves it to a later gc.
+	Collector Collector
 	// NoWait refuses (ErrBusy) instead of waiting when another process
 	// holds the image's lock.
 	NoWait bool
@@ -63,10 +106,22 @@ func (m *Maintainer) log() *slog.Logger {
 }
 
 func (m *Maintainer) progress(name, format string, args ...any) {
+	m.progressOf(verbMaintain, name, format, args...)
+}
+
+func (m *Maintainer) progressOf(v verb, name, format string, args ...any) {
 	if m.Progress != nil {
-		fmt.Fprintf(m.Progress, "chroot-maintenance %s: %s\n", name, fmt.Sprintf(format, args...))
+		fmt.Fprintf(m.Progress, "%s %s: %s\n", v.command, name, fmt.Sprintf(format, args...))
 	}
 }
+
+// verb is the command a run of maintain serves, for its messages.
+type verb struct{ command, op string }
+
+var (
+	verbMaintain = verb{"chroot-maintenance", "maintain"}
+	verbCreate   = verb{"chroot-create", "create"}
+)
 
 // Playbooks discovers the playbooks of m.Dirs and logs the warnings.
 func (m *Maintainer) Playbooks() (map[string]string, error) {
@@ -140,7 +195,7 @@ func (m *Maintainer) Maintain(ctx context.Context, only string) error {
 			m.progress(n, "skipped: no playbook %s.yaml or %s.yml in %s", n, n, strings.Join(m.Dirs, " or "))
 			continue
 		}
-		err := m.maintain(ctx, n, pb, false)
+		err := m.maintain(ctx, n, pb, nil)
 		if m.Done != nil {
 			m.Done(n, err)
 		}
@@ -156,58 +211,104 @@ func (m *Maintainer) Maintain(ctx context.Context, only string) error {
 	return errors.Join(errs...)
 }
 
-// Provision runs the playbook of an existing image (just created by
-// chroot-create) on a copy and swaps it in. An image without a playbook
-// is left alone: ErrNoPlaybook is not returned, nil is.
-func (m *Maintainer) Provision(ctx context.Context, name string) error {
+// Create creates image name for chroot-create. Without a playbook it is
+// debootstrap alone (bootstrap.Store.Create). With one, the playbook runs
+// on the new tree before it is put in place: the image appears complete
+// and provisioned, or not at all. An image that exists is an error
+// wrapping bootstrap.ErrExists.
+func (m *Maintainer) Create(ctx context.Context, name string, req CreateRequest) error {
+	if err := config.CheckImageName(name); err != nil {
+		return err
+	}
 	playbooks, err := m.Playbooks()
 	if err != nil {
 		return err
 	}
 	pb := playbooks[name]
 	if pb == "" {
-		return nil
+		return m.Store.Create(ctx, name, Options(m.Defaults, Vars{}, req))
 	}
-	return m.maintain(ctx, name, pb, true)
+	return m.maintain(ctx, name, pb, &req)
+}
+
+// Removal is what Remove did.
+type Removal struct {
+	// Retired is where the image's tree went when its name was taken.
+	Retired string
+	// Deleted is true when the tree is gone too; false when machines
+	// still run from it (gc deletes it after them).
+	Deleted bool
+}
+
+// Remove takes the image's name away at once (bootstrap.Store.Retire: no
+// new job can pick it) and deletes its tree when no machine runs from it.
+func (m *Maintainer) Remove(ctx context.Context, name string) (Removal, error) {
+	retired, err := m.Store.Retire(ctx, name)
+	if err != nil {
+		return Removal{}, err
+	}
+	r := Removal{Retired: retired}
+	deleted, err := m.collect()
+	r.Deleted = slices.Contains(deleted, retired)
+	if err != nil && !r.Deleted {
+		return r, fmt.Errorf("image %s removed, but deleting its tree %s failed: %w", name, retired, err)
+	}
+	return r, nil
+}
+
+// collect deletes the retired trees no machine uses, when m can tell.
+func (m *Maintainer) collect() ([]string, error) {
+	if m.Collector == nil {
+		return nil, nil
+	}
+	return m.Collector.GCImages()
 }
 
 // lock takes the image lock, first without waiting so that waiting can be
 // announced, or refused with NoWait.
-func (m *Maintainer) lock(ctx context.Context, name string) (func(), error) {
+func (m *Maintainer) lock(ctx context.Context, v verb, name string) (func(), error) {
 	unlock, err := m.Store.TryLock(name)
 	if err == nil {
 		return unlock, nil
 	}
 	if !errors.Is(err, flock.ErrBusy) {
-		return nil, fmt.Errorf("maintain image %s: %w", name, err)
+		return nil, fmt.Errorf("%s image %s: %w", v.op, name, err)
 	}
 	if m.NoWait {
-		return nil, fmt.Errorf("maintain image %s: %w; not waiting (--no-wait)", name, ErrBusy)
+		return nil, fmt.Errorf("%s image %s: %w; not waiting (--no-wait)", v.op, name, ErrBusy)
 	}
-	m.progress(name, "waiting for another create, remove or maintenance of this image to finish")
+	m.progressOf(v, name, "waiting for another create, remove or maintenance of this image to finish")
 	// A copy without a logger keeps the store from saying it waits too:
 	// the progress line above said so.
 	quiet := *m.Store
 	quiet.Log = nil
 	unlock, err = quiet.Lock(ctx, name)
 	if err != nil {
-		return nil, fmt.Errorf("maintain image %s: %w", name, err)
+		return nil, fmt.Errorf("%s image %s: %w", v.op, name, err)
 	}
 	return unlock, nil
 }
 
-// maintain brings one image up to date under its lock. With update set,
-// the image is never created or recreated, only provisioned.
-func (m *Maintainer) maintain(ctx context.Context, name, playbook string, update bool) (err error) {
+// maintain brings one image up to date under its lock: it creates it
+// when missing, recreates it (nspawn_runner_maint_recreate) or updates a
+// copy, runs the playbook on that tree and only then puts it in place.
+// With create set (chroot-create), the image must not exist and is
+// created with create's options.
+func (m *Maintainer) maintain(ctx context.Context, name, playbook string, create *CreateRequest) (err error) {
 	start := time.Now()
+	v := verbMaintain
+	if create != nil {
+		v = verbCreate
+	}
+	progress := func(format string, args ...any) { m.progressOf(v, name, format, args...) }
 	vars, warns, err := ReadVars(playbook)
 	if err != nil {
-		return fmt.Errorf("maintain image %s: %w", name, err)
+		return fmt.Errorf("%s image %s: %w", v.op, name, err)
 	}
 	for _, w := range warns {
 		m.log().Warn(w)
 	}
-	unlock, err := m.lock(ctx, name)
+	unlock, err := m.lock(ctx, v, name)
 	if err != nil {
 		return err
 	}
@@ -220,10 +321,10 @@ func (m *Maintainer) maintain(ctx context.Context, name, playbook string, update
 	live, err := m.Store.Path(name)
 	exists := err == nil
 	if err != nil && !errors.Is(err, bootstrap.ErrNotFound) {
-		return fmt.Errorf("maintain image %s: %w", name, err)
+		return fmt.Errorf("%s image %s: %w", v.op, name, err)
 	}
-	if !exists && update {
-		return fmt.Errorf("provision image %s: %w", name, err)
+	if exists && create != nil {
+		return fmt.Errorf("create image %s: %s exists: %w", name, live, bootstrap.ErrExists)
 	}
 	old, err := m.Store.ReadMeta(name)
 	if err != nil {
@@ -232,7 +333,7 @@ func (m *Maintainer) maintain(ctx context.Context, name, playbook string, update
 
 	ws, err := m.Store.Workspace(name)
 	if err != nil {
-		return fmt.Errorf("maintain image %s: %w", name, err)
+		return fmt.Errorf("%s image %s: %w", v.op, name, err)
 	}
 	swapped := false
 	defer func() {
@@ -245,80 +346,86 @@ func (m *Maintainer) maintain(ctx context.Context, name, playbook string, update
 	}()
 
 	meta := old
-	fresh := !exists || (vars.Recreate && !update)
-	if fresh {
-		o := bootstrap.CreateOptions{
-			Suite:    firstNonEmpty(vars.Suite, m.Defaults.Suite),
-			Mirror:   firstNonEmpty(vars.Mirror, m.Defaults.Mirror),
-			Packages: slices.Concat(m.Defaults.Packages, vars.Include),
+	if !exists || vars.Recreate {
+		var o bootstrap.CreateOptions
+		if create != nil {
+			o = Options(m.Defaults, vars, *create)
+		} else {
+			o = Options(m.Defaults, vars, CreateRequest{})
+			if m.Progress != nil {
+				o.Progress = &linePrefix{w: m.Progress, prefix: v.command + " " + name + ": debootstrap: "}
+			}
 		}
 		what := "creating"
 		if exists {
 			what = "recreating (" + VarRecreate + ")"
 		}
-		m.progress(name, "%s from %s with debootstrap in %s", what, o.Suite, ws)
-		if m.Progress != nil {
-			o.Progress = &linePrefix{w: m.Progress, prefix: "chroot-maintenance " + name + ": debootstrap: "}
-		}
+		progress("%s from %s with debootstrap in %s", what, o.Suite, ws)
 		if err := m.Store.Debootstrap(ctx, ws, o); err != nil {
-			return fmt.Errorf("maintain image %s: %w", name, err)
+			return fmt.Errorf("%s image %s: %w", v.op, name, err)
 		}
 		meta = bootstrap.Meta{Created: time.Now().UTC(), Suite: o.Suite, Mirror: o.Mirror, Packages: bootstrap.Packages(o.Packages)}
 	} else {
-		m.progress(name, "copying the image to %s", ws)
+		progress("copying the image to %s", ws)
 		how, err := copyImage(ctx, live, ws)
 		if err != nil {
-			return fmt.Errorf("maintain image %s: %w", name, err)
+			return fmt.Errorf("%s image %s: %w", v.op, name, err)
 		}
 		m.log().Info("copied the image", "image", name, "how", how, "workspace", ws)
 	}
 
-	m.progress(name, "running playbook %s", playbook)
+	progress("running playbook %s", playbook)
 	machine, err := MachineName(m.MachinePrefix, name)
 	if err != nil {
-		return fmt.Errorf("maintain image %s: %w", name, err)
+		return fmt.Errorf("%s image %s: %w", v.op, name, err)
 	}
 	if err := m.Runner.Run(ctx, Target{Name: name, Tree: ws, Playbook: playbook, Machine: machine}); err != nil {
 		if exists {
-			return fmt.Errorf("maintain image %s: %w; the image is unchanged", name, err)
+			return fmt.Errorf("%s image %s: %w; the image is unchanged", v.op, name, err)
 		}
-		return fmt.Errorf("maintain image %s: %w; the image was not created", name, err)
+		return fmt.Errorf("%s image %s: %w; the image was not created", v.op, name, err)
 	}
 	// The playbook ran with fsync suppressed: make the new tree durable
 	// before it becomes the image.
 	if err := syncTree(ws); err != nil {
-		return fmt.Errorf("maintain image %s: %w", name, err)
+		return fmt.Errorf("%s image %s: %w", v.op, name, err)
 	}
-	retired, err := m.Store.Replace(name, ws)
+	var retired string
+	if exists {
+		retired, err = m.Store.Replace(name, ws)
+	} else {
+		err = m.Store.Install(name, ws)
+	}
 	if err != nil {
 		if retired != "" {
 			// The new image is in place; only moving the old tree aside
 			// failed, and that tree may be in use: never remove it here.
 			swapped = true
-			return fmt.Errorf("maintain image %s: the new image is in place, but: %w", name, err)
+			return fmt.Errorf("%s image %s: the new image is in place, but: %w", v.op, name, err)
 		}
-		return fmt.Errorf("maintain image %s: %w", name, err)
+		return fmt.Errorf("%s image %s: %w", v.op, name, err)
 	}
 	swapped = true
 	meta.Maintained = time.Now().UTC()
 	if err := m.Store.WriteMeta(name, meta); err != nil {
-		m.log().Warn("image maintained, but its metadata was not written", "image", name, "err", err)
+		m.log().Warn("image written, but its metadata was not", "image", name, "err", err)
 	}
-	if retired != "" {
-		m.progress(name, "done in %s: new image in place; the old one is %s until gc removes it (once no machine uses it)", time.Since(start).Round(time.Second), retired)
-	} else {
-		m.progress(name, "done in %s: image created", time.Since(start).Round(time.Second))
+	took := time.Since(start).Round(time.Second)
+	if retired == "" {
+		progress("done in %s: image created", took)
+		return nil
+	}
+	deleted, err := m.collect()
+	switch {
+	case slices.Contains(deleted, retired):
+		progress("done in %s: new image in place; the old one, unused, is deleted", took)
+	case err != nil:
+		m.log().Warn("deleting the unused retired image trees", "err", err)
+		fallthrough
+	default:
+		progress("done in %s: new image in place; the old one is %s until gc deletes it (once no machine uses it)", took, retired)
 	}
 	return nil
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
 }
 
 // copyImage fills the empty workspace ws with a copy of the image live: a

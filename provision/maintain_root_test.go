@@ -22,7 +22,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nspawn-runner/nspawn-runner/bootstrap"
+	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
+	"github.com/nspawn-runner/nspawn-runner/machine"
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
 	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 	"github.com/nspawn-runner/nspawn-runner/sys/mount"
@@ -99,7 +101,7 @@ func newMaintainer(t *testing.T, root, dir string, out io.Writer) *Maintainer {
 		Store:         &bootstrap.Store{Root: root},
 		Runner:        &Runner{Output: out, TempDir: t.TempDir(), CgroupParent: testCgroupParent(t)},
 		Dirs:          []string{dir},
-		Defaults:      Defaults{Suite: testutil.ImageSuite},
+		Defaults:      config.Bootstrap{Suite: testutil.ImageSuite},
 		Progress:      out,
 		MachinePrefix: "nrt-pv-",
 	}
@@ -205,6 +207,8 @@ func TestMaintainInstallsAndWrites(t *testing.T) {
 			writePlaybook(t, dir, "nrt-pv-img.yaml", installPlaybook)
 			var out syncBuffer
 			m := newMaintainer(t, root, dir, &out)
+			// No machine runs: the old image is deleted at once.
+			m.Collector = &machine.Manager{Root: root, RunDir: t.TempDir(), Images: m.Store}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 			defer cancel()
 			if err := m.Maintain(ctx, ""); err != nil {
@@ -224,18 +228,14 @@ func TestMaintainInstallsAndWrites(t *testing.T) {
 			if ws := hidden(t, root, ".tmp-"); len(ws) != 0 {
 				t.Errorf("workspaces left: %v", ws)
 			}
-			retired := hidden(t, root, ".retired-")
-			if len(retired) != 1 {
-				t.Fatalf("retired trees = %v, want the old image", retired)
-			}
-			if _, err := os.Stat(filepath.Join(retired[0], "etc/nrt-pv-provisioned")); err == nil {
-				t.Errorf("the retired tree was changed too")
+			if retired := hidden(t, root, ".retired-"); len(retired) != 0 {
+				t.Errorf("retired trees = %v, want the unused old image deleted at once", retired)
 			}
 			meta, err := m.Store.ReadMeta("nrt-pv-img")
 			if err != nil || meta.Maintained.IsZero() {
 				t.Errorf("Maintained not recorded: %+v %v", meta, err)
 			}
-			for _, s := range []string{"chroot-maintenance nrt-pv-img: copying", "running playbook", "TASK [install a package]", "done in"} {
+			for _, s := range []string{"chroot-maintenance nrt-pv-img: copying", "running playbook", "TASK [install a package]", "done in", "the old one, unused, is deleted"} {
 				if !strings.Contains(out.String(), s) {
 					t.Errorf("progress lacks %q:\n%s", s, out.String())
 				}
@@ -452,9 +452,11 @@ func TestReplaceWhileInUse(t *testing.T) {
 	}
 }
 
-// TestMaintainCreatesAndRecreates runs debootstrap for real: an image
-// with a playbook but none on disk is created and provisioned, and with
-// nspawn_runner_maint_recreate it is rebuilt from scratch.
+// TestMaintainCreatesAndRecreates runs debootstrap for real: chroot-create
+// of an image with a playbook runs the playbook on the new tree before it
+// is put in place (no retired tree, no copy), and with
+// nspawn_runner_maint_recreate maintenance rebuilds it from scratch and
+// deletes the old tree at once when no machine uses it.
 func TestMaintainCreatesAndRecreates(t *testing.T) {
 	requireAnsible(t)
 	testutil.RequireBinary(t, "debootstrap")
@@ -473,19 +475,31 @@ func TestMaintainCreatesAndRecreates(t *testing.T) {
 	writePlaybook(t, dir, "nrt-pv-new.yaml", fmt.Sprintf(pb, ""))
 	var out syncBuffer
 	m := newMaintainer(t, root, dir, &out)
+	m.Collector = &machine.Manager{Root: root, RunDir: t.TempDir(), Images: m.Store}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	if err := m.Maintain(ctx, "nrt-pv-new"); err != nil {
-		t.Fatalf("Maintain (create): %v\n%s", err, out.String())
+	// chroot-create's flags add to the playbook's packages.
+	if err := m.Create(ctx, "nrt-pv-new", CreateRequest{Include: []string{"file"}, Progress: &out}); err != nil {
+		t.Fatalf("Create: %v\n%s", err, out.String())
 	}
 	live := filepath.Join(root, "nrt-pv-new")
-	for _, p := range []string{"etc/nrt-pv-provisioned", "usr/bin/less", "usr/bin/python3"} {
+	for _, p := range []string{"etc/nrt-pv-provisioned", "usr/bin/less", "usr/bin/file", "usr/bin/python3"} {
 		if _, err := os.Stat(filepath.Join(live, p)); err != nil {
 			t.Errorf("created image lacks %s: %v", p, err)
 		}
 	}
-	if !strings.Contains(out.String(), "creating from bookworm") {
-		t.Errorf("progress lacks the create phase:\n%s", out.String())
+	for _, s := range []string{"chroot-create nrt-pv-new: creating from bookworm", "debootstrap: base system installed", "chroot-create nrt-pv-new: running playbook", "image created"} {
+		if !strings.Contains(out.String(), s) {
+			t.Errorf("progress lacks %q:\n%s", s, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "copying") {
+		t.Errorf("Create provisioned a copy:\n%s", out.String())
+	}
+	for _, prefix := range []string{".retired-", ".tmp-", ".swap-"} {
+		if left := hidden(t, root, prefix); len(left) != 0 {
+			t.Errorf("Create left %v", left)
+		}
 	}
 	meta, err := m.Store.ReadMeta("nrt-pv-new")
 	if err != nil || meta.Suite != "bookworm" || meta.Created.IsZero() || meta.Maintained.IsZero() {
@@ -508,40 +522,33 @@ func TestMaintainCreatesAndRecreates(t *testing.T) {
 	if !strings.Contains(out.String(), "recreating") {
 		t.Errorf("progress lacks the recreate phase:\n%s", out.String())
 	}
+	if left := hidden(t, root, ".retired-"); len(left) != 0 {
+		t.Errorf("the unused old image was kept: %v", left)
+	}
 }
 
-// TestProvisionNeverRecreates: the chroot-create hook provisions the image
-// just created, on a copy, even when the playbook asks maintenance to
-// recreate it.
-func TestProvisionNeverRecreates(t *testing.T) {
-	requireAnsible(t)
-	root, dir := testutil.NewBtrfs(t, 4<<30), t.TempDir()
+// TestCreateExisting: chroot-create of an image that exists, with a
+// playbook, fails before anything is built and leaves the image alone.
+func TestCreateExisting(t *testing.T) {
+	testutil.RequireRoot(t)
+	root, dir := filepath.Join(t.TempDir(), "root"), t.TempDir()
 	live := seedImage(t, root, "nrt-pv-img")
-	if err := os.WriteFile(filepath.Join(live, "etc/nrt-pv-marker"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	writePlaybook(t, dir, "nrt-pv-img.yaml", `- hosts: all
-  gather_facts: false
-  vars:
-    nspawn_runner_maint_recreate: true
-  tasks:
-    - name: write a file
-      copy:
-        dest: /etc/nrt-pv-provisioned
-        content: "provisioned\n"
-`)
+	writePlaybook(t, dir, "nrt-pv-img.yaml", installPlaybook)
+	before := treeHash(t, live)
 	var out syncBuffer
 	m := newMaintainer(t, root, dir, &out)
-	if err := m.Provision(context.Background(), "nrt-pv-img"); err != nil {
-		t.Fatalf("Provision: %v\n%s", err, out.String())
+	err := m.Create(context.Background(), "nrt-pv-img", CreateRequest{})
+	if !errors.Is(err, bootstrap.ErrExists) || strings.Contains(err.Error(), "nspawn-runner") {
+		t.Errorf("Create of an existing image = %v, want ErrExists without CLI advice", err)
 	}
-	for _, p := range []string{"etc/nrt-pv-marker", "etc/nrt-pv-provisioned"} {
-		if _, err := os.Stat(filepath.Join(live, p)); err != nil {
-			t.Errorf("after Provision: %v", err)
-		}
+	if strings.Contains(out.String(), "debootstrap") || strings.Contains(out.String(), "playbook") {
+		t.Errorf("Create of an existing image did something:\n%s", out.String())
 	}
-	if strings.Contains(out.String(), "debootstrap") {
-		t.Errorf("Provision ran debootstrap:\n%s", out.String())
+	if after := treeHash(t, live); after != before {
+		t.Errorf("the image changed")
+	}
+	if left := hidden(t, root, ".tmp-"); len(left) != 0 {
+		t.Errorf("workspaces left: %v", left)
 	}
 }
 

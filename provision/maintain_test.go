@@ -6,10 +6,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/nspawn-runner/nspawn-runner/bootstrap"
+	"github.com/nspawn-runner/nspawn-runner/config"
 )
 
 func TestMaintainSkipsImagesWithoutPlaybook(t *testing.T) {
@@ -29,8 +31,35 @@ func TestMaintainSkipsImagesWithoutPlaybook(t *testing.T) {
 	if !errors.Is(err, ErrNoPlaybook) || !strings.Contains(err.Error(), "nrt-pv-bare") {
 		t.Errorf("Maintain(unknown) = %v, want ErrNoPlaybook listing the known images", err)
 	}
-	if err := m.Provision(context.Background(), "nrt-pv-bare"); err != nil {
-		t.Errorf("Provision without a playbook = %v, want nil", err)
+}
+
+// Options is the one place deciding what an image is created with.
+func TestOptions(t *testing.T) {
+	cfg := config.Bootstrap{Suite: "trixie", Mirror: "http://cfg.example/debian", Packages: []string{"vim"}}
+	pb := Vars{Suite: "sid", Mirror: "http://pb.example/debian", Include: []string{"make"}}
+	for _, tc := range []struct {
+		name string
+		cfg  config.Bootstrap
+		v    Vars
+		req  CreateRequest
+		want bootstrap.CreateOptions
+	}{
+		{"config", cfg, Vars{}, CreateRequest{},
+			bootstrap.CreateOptions{Suite: "trixie", Mirror: "http://cfg.example/debian", Packages: []string{"vim"}}},
+		{"playbook over config", cfg, pb, CreateRequest{},
+			bootstrap.CreateOptions{Suite: "sid", Mirror: "http://pb.example/debian", Packages: []string{"make", "vim"}}},
+		{"flags over playbook", cfg, pb, CreateRequest{Suite: "bookworm", Mirror: "http://flag.example/debian", Include: []string{"gcc,make", " curl ,", "vim"}},
+			bootstrap.CreateOptions{Suite: "bookworm", Mirror: "http://flag.example/debian", Packages: []string{"curl", "gcc", "make", "vim"}}},
+		// Commas split wherever the list comes from.
+		{"commas in config", config.Bootstrap{Packages: []string{"a,b"}}, Vars{}, CreateRequest{},
+			bootstrap.CreateOptions{Suite: config.DefaultSuite, Packages: []string{"a", "b"}}},
+		{"nothing set", config.Bootstrap{}, Vars{}, CreateRequest{},
+			bootstrap.CreateOptions{Suite: config.DefaultSuite}},
+	} {
+		got := Options(tc.cfg, tc.v, tc.req)
+		if got.Suite != tc.want.Suite || got.Mirror != tc.want.Mirror || !slices.Equal(got.Packages, tc.want.Packages) {
+			t.Errorf("%s: Options = %+v, want %+v", tc.name, got, tc.want)
+		}
 	}
 }
 

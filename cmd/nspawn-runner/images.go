@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +18,7 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/bootstrap"
 	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/limits"
+	"github.com/nspawn-runner/nspawn-runner/provision"
 	"github.com/nspawn-runner/nspawn-runner/sys/sysctl"
 )
 
@@ -39,22 +39,18 @@ func registerImages(app *kingpin.Application, g *globals, cmds commands) {
 	c.Flag("mirror", "Debian mirror URL (default: the playbook's, else the config's, else debootstrap's own).").PlaceHolder("URL").StringVar(&create.mirror)
 	c.Flag("include", "Extra packages, comma-separated; repeatable.").PlaceHolder("PKGS").StringsVar(&create.include)
 	cmds["chroot-create"] = &command{run: func(ctx context.Context) error {
-		if err := config.CheckImageName(create.name); err != nil {
-			return err
+		req := provision.CreateRequest{Suite: create.suite, Mirror: create.mirror, Include: create.include, Progress: os.Stderr,
+			// The live line would fight with the debug log for the terminal.
+			Interactive: isTerminal(os.Stderr) && !g.debug}
+		err := g.maintainer().Create(ctx, create.name, req)
+		if errors.Is(err, bootstrap.ErrExists) {
+			return fmt.Errorf("%w (remove it first with nspawn-runner chroot-remove %s, or rebuild it with chroot-maintenance and %s)", err, create.name, provision.VarRecreate)
 		}
-		def, err := playbookDefaults(g, create.name)
 		if err != nil {
 			return err
 		}
-		o := createOptions(g.cfg.Bootstrap, def, create.suite, create.mirror, create.include)
-		o.Progress = os.Stderr
-		// The live line would fight with the debug log for the terminal.
-		o.Interactive = isTerminal(os.Stderr) && !g.debug
-		if err := g.store().Create(ctx, create.name, o); err != nil {
-			return err
-		}
 		fmt.Fprintf(os.Stderr, "created image %s in %s\n", create.name, g.cfg.Root)
-		return provisionImage(ctx, g, create.name)
+		return nil
 	}}
 
 	var login struct {
@@ -78,7 +74,7 @@ func registerImages(app *kingpin.Application, g *globals, cmds commands) {
 		if err != nil {
 			return err
 		}
-		pbs, err := imagePlaybooks(g)
+		pbs, err := g.maintainer().Playbooks()
 		if err != nil {
 			return err
 		}
@@ -93,18 +89,15 @@ func registerImages(app *kingpin.Application, g *globals, cmds commands) {
 	c = app.Command("chroot-remove", "Remove a base image.")
 	c.Arg("name", "Image name.").Required().StringVar(&remove.name)
 	cmds["chroot-remove"] = &command{run: func(ctx context.Context) error {
-		// The name goes at once; the tree goes when no machine runs
-		// from it (an overlay machine's lower layer), now or at a later gc.
-		retired, err := g.store().Retire(ctx, remove.name)
+		r, err := g.maintainer().Remove(ctx, remove.name)
 		if err != nil {
+			if r.Retired != "" {
+				return fmt.Errorf("%w (nspawn-runner gc retries)", err)
+			}
 			return err
 		}
-		deleted, err := g.manager(&machineFlags{}).GCImages()
-		if err != nil {
-			return fmt.Errorf("image %s removed, but deleting its tree %s failed: %w (nspawn-runner gc retries)", remove.name, retired, err)
-		}
-		if !slices.Contains(deleted, retired) {
-			fmt.Fprintf(os.Stderr, "removed image %s; machines still run from it, so its tree %s stays until they end (nspawn-runner gc deletes it)\n", remove.name, retired)
+		if !r.Deleted {
+			fmt.Fprintf(os.Stderr, "removed image %s; machines still run from it, so its tree %s stays until they end (nspawn-runner gc deletes it)\n", remove.name, r.Retired)
 			return nil
 		}
 		fmt.Fprintf(os.Stderr, "removed image %s\n", remove.name)
@@ -158,22 +151,6 @@ func registerImages(app *kingpin.Application, g *globals, cmds commands) {
 		}
 		return setupLimits(os.Stdout, g, setup.sysctlFile, sysctl.Dir(setup.procSys))
 	}}
-}
-
-// createOptions merges the flags over the playbook's vars over the config.
-func createOptions(cfg config.Bootstrap, def createDefaults, suite, mirror string, include []string) bootstrap.CreateOptions {
-	o := bootstrap.CreateOptions{Suite: cmp.Or(suite, def.Suite, cfg.Suite, config.DefaultSuite), Mirror: cmp.Or(mirror, def.Mirror, cfg.Mirror)}
-	pkgs := slices.Concat(cfg.Packages, def.Include)
-	for _, inc := range include {
-		for p := range strings.SplitSeq(inc, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				pkgs = append(pkgs, p)
-			}
-		}
-	}
-	slices.Sort(pkgs)
-	o.Packages = slices.Compact(pkgs)
-	return o
 }
 
 // listRow is one line of chroot-list: an image, a playbook, or both.

@@ -3,40 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nspawn-runner/nspawn-runner/bootstrap"
-	"github.com/nspawn-runner/nspawn-runner/config"
 )
-
-func TestCreateOptions(t *testing.T) {
-	cfg := config.Bootstrap{Suite: "trixie", Mirror: "http://cfg.example/debian", Packages: []string{"vim"}}
-	for _, tc := range []struct {
-		name          string
-		cfg           config.Bootstrap
-		def           createDefaults
-		suite, mirror string
-		include       []string
-		want          bootstrap.CreateOptions
-	}{
-		{"config", cfg, createDefaults{}, "", "", nil,
-			bootstrap.CreateOptions{Suite: "trixie", Mirror: "http://cfg.example/debian", Packages: []string{"vim"}}},
-		{"playbook over config", cfg, createDefaults{Suite: "sid", Mirror: "http://pb.example/debian", Include: []string{"make"}}, "", "", nil,
-			bootstrap.CreateOptions{Suite: "sid", Mirror: "http://pb.example/debian", Packages: []string{"make", "vim"}}},
-		{"flags over playbook", cfg, createDefaults{Suite: "sid", Mirror: "http://pb.example/debian", Include: []string{"make"}}, "bookworm", "http://flag.example/debian", []string{"gcc,make", " curl ,", "vim"},
-			bootstrap.CreateOptions{Suite: "bookworm", Mirror: "http://flag.example/debian", Packages: []string{"curl", "gcc", "make", "vim"}}},
-		{"nothing set", config.Bootstrap{}, createDefaults{}, "", "", nil,
-			bootstrap.CreateOptions{Suite: config.DefaultSuite}},
-	} {
-		got := createOptions(tc.cfg, tc.def, tc.suite, tc.mirror, tc.include)
-		if got.Suite != tc.want.Suite || got.Mirror != tc.want.Mirror || !slices.Equal(got.Packages, tc.want.Packages) {
-			t.Errorf("%s: createOptions = %+v, want %+v", tc.name, got, tc.want)
-		}
-	}
-}
 
 func TestListRows(t *testing.T) {
 	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.Local)

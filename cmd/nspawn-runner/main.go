@@ -202,7 +202,7 @@ func exitStatus(stderr io.Writer, name string, stage bool, exits gitlab.ExitCode
 	if errors.As(err, &login) {
 		return login.Code
 	}
-	report(stderr, name, err)
+	report(stderr, name, advise(err))
 	var ue usageError
 	if errors.As(err, &ue) {
 		return 2
@@ -220,6 +220,15 @@ func report(stderr io.Writer, name string, err error) {
 		advice = " (install systemd-container)"
 	}
 	fmt.Fprintf(stderr, "nspawn-runner %s: %s%s\n", name, strings.TrimPrefix(err.Error(), name+": "), advice)
+}
+
+// advise adds to a domain error what to do about it on this command line.
+func advise(err error) error {
+	var nf *bootstrap.NotFoundError
+	if errors.As(err, &nf) && len(nf.Available) == 0 {
+		return fmt.Errorf("%w: create one with nspawn-runner chroot-create %s", err, nf.Name)
+	}
+	return err
 }
 
 // helpAsked reports whether the user asked for help or the version.
