@@ -187,7 +187,11 @@ func (s *Store) List() ([]Image, error) {
 func (s *Store) image(name string) (Image, error) {
 	p := s.path(name)
 	img := Image{Name: name, Path: p, Kind: KindDirectory}
-	if ok, err := btrfs.IsSubvolume(p); err == nil && ok {
+	sub, err := isSubvolume(p)
+	if err != nil {
+		return Image{}, fmt.Errorf("image %s: %w", name, err)
+	}
+	if sub {
 		img.Kind = KindSubvolume
 	}
 	size, err := treeSize(p)

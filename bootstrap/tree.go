@@ -30,7 +30,11 @@ func removeTree(path string) error {
 		return fmt.Errorf("remove %s: %w", path, err)
 	}
 	if onBtrfs {
-		if ok, err := btrfs.IsSubvolume(path); err == nil && ok {
+		sub, err := isSubvolume(path)
+		if err != nil {
+			return fmt.Errorf("remove %s: %w", path, err)
+		}
+		if sub {
 			return btrfs.Delete(path)
 		}
 		subs, err := nestedSubvolumes(path)
@@ -47,6 +51,17 @@ func removeTree(path string) error {
 		return fmt.Errorf("remove %s: %w", path, err)
 	}
 	return nil
+}
+
+// isSubvolume reports whether path is a btrfs subvolume: false on other
+// filesystems, an error when it cannot tell (an EPERM or EIO must not
+// silently make a subvolume a directory).
+func isSubvolume(path string) (bool, error) {
+	ok, err := btrfs.IsSubvolume(path)
+	if errors.Is(err, btrfs.ErrNotBtrfs) {
+		return false, nil
+	}
+	return ok, err
 }
 
 // nestedSubvolumes returns the outermost subvolumes inside a directory tree

@@ -3,6 +3,7 @@ package machine
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -92,7 +93,12 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 	if err := unix.Stat(imagePath, &st); err != nil {
 		return fmt.Errorf("stat image %s: %w", imagePath, err)
 	}
-	isSub, _ := btrfs.IsSubvolume(imagePath)
+	// Not btrfs means overlay; any other error (EPERM, EIO) must not
+	// silently make a subvolume an overlay's lower layer.
+	isSub, err := btrfs.IsSubvolume(imagePath)
+	if err != nil && !errors.Is(err, btrfs.ErrNotBtrfs) {
+		return fmt.Errorf("image %s: %w", imagePath, err)
+	}
 	storage, err := ChooseStorage(m.Config.Storage, isSub)
 	if err != nil {
 		return err

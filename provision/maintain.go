@@ -432,8 +432,14 @@ func (m *Maintainer) maintain(ctx context.Context, name, playbook string, create
 // btrfs snapshot when both are subvolumes (ws is then replaced by the
 // snapshot), else a reflink copy that falls back to a plain one per file.
 func copyImage(ctx context.Context, live, ws string) (string, error) {
-	liveSub, _ := btrfs.IsSubvolume(live)
-	wsSub, _ := btrfs.IsSubvolume(ws)
+	liveSub, err := btrfs.IsSubvolume(live)
+	if err != nil && !errors.Is(err, btrfs.ErrNotBtrfs) {
+		return "", fmt.Errorf("copy image: %w", err)
+	}
+	wsSub, err := btrfs.IsSubvolume(ws)
+	if err != nil && !errors.Is(err, btrfs.ErrNotBtrfs) {
+		return "", fmt.Errorf("copy image: %w", err)
+	}
 	if liveSub && wsSub {
 		if err := btrfs.Delete(ws); err != nil {
 			return "", fmt.Errorf("copy image: %w", err)

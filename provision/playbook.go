@@ -126,7 +126,7 @@ func ParseVars(data []byte) (Vars, []string, error) {
 
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return Vars{}, nil, fmt.Errorf("parse playbook: %s", strings.TrimPrefix(err.Error(), "yaml: "))
+		return Vars{}, nil, fmt.Errorf("parse playbook: %w", err)
 	}
 	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
 		warnf("the playbook is empty")
