@@ -124,6 +124,14 @@ func TestWaitContext(t *testing.T) {
 func TestWaitGetsReleasedLock(t *testing.T) {
 	p := lockPath(t)
 	a := mustTry(t, p, Exclusive)
+	got := waitAndRelease(p)
+	a.Unlock()
+	expectLock(t, got, "Unlock")
+}
+
+// waitAndRelease waits for the lock on p in the background, releases it
+// at once, and sends Wait's error.
+func waitAndRelease(p string) <-chan error {
 	got := make(chan error, 1)
 	go func() {
 		l, err := Wait(context.Background(), p, Exclusive)
@@ -132,14 +140,20 @@ func TestWaitGetsReleasedLock(t *testing.T) {
 		}
 		got <- err
 	}()
-	a.Unlock()
+	return got
+}
+
+// expectLock fails unless the waiter of waitAndRelease got the lock after
+// what released it.
+func expectLock(t *testing.T, got <-chan error, after string) {
+	t.Helper()
 	select {
 	case err := <-got:
 		if err != nil {
-			t.Errorf("Wait after Unlock = %v", err)
+			t.Errorf("Wait after %s = %v", after, err)
 		}
 	case <-time.After(time.Minute):
-		t.Fatal("Wait still waiting a minute after Unlock")
+		t.Fatalf("Wait still waiting a minute after %s", after)
 	}
 }
 
@@ -181,25 +195,11 @@ func TestOtherProcess(t *testing.T) {
 	if _, err := Try(p, Shared); !errors.Is(err, ErrBusy) {
 		t.Fatalf("Try while another process holds the lock = %v, want ErrBusy", err)
 	}
-	got := make(chan error, 1)
-	go func() {
-		l, err := Wait(context.Background(), p, Exclusive)
-		if err == nil {
-			l.Unlock()
-		}
-		got <- err
-	}()
+	got := waitAndRelease(p)
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-got:
-		if err != nil {
-			t.Errorf("Wait after the holder died = %v", err)
-		}
-	case <-time.After(time.Minute):
-		t.Fatal("Wait still waiting a minute after the holder was killed")
-	}
+	expectLock(t, got, "the holder was killed")
 }
 
 func TestSharedAcrossProcesses(t *testing.T) {
