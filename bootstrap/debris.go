@@ -24,12 +24,9 @@ func (s *Store) Retired() ([]string, error) {
 
 // hidden lists the entries of the root beginning with prefix.
 func (s *Store) hidden(prefix string) ([]string, error) {
-	ents, err := os.ReadDir(s.Root)
+	ents, err := s.rootEntries()
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("read %s: %w", s.Root, err)
+		return nil, err
 	}
 	var out []string
 	for _, e := range ents {

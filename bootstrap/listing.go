@@ -59,12 +59,9 @@ func (s *Store) notFound(name string) error {
 // Names lists the image names on disk, sorted. It only reads the root
 // directory, so prepare can afford it for every job.
 func (s *Store) Names() ([]string, error) {
-	ents, err := os.ReadDir(s.Root)
+	ents, err := s.rootEntries()
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("list images in %s: %w", s.Root, err)
+		return nil, err
 	}
 	var out []string
 	for _, e := range ents {
@@ -76,6 +73,18 @@ func (s *Store) Names() ([]string, error) {
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// rootEntries reads the root; a root not made yet holds nothing.
+func (s *Store) rootEntries() ([]os.DirEntry, error) {
+	ents, err := os.ReadDir(s.Root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the image root %s: %w", s.Root, err)
+	}
+	return ents, nil
 }
 
 // List returns the images on disk, sorted by name. Internal entries (names
