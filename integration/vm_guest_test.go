@@ -80,7 +80,8 @@ func configure(t *testing.T, r *Runner, mode, extra string) {
 		switch {
 		case l == "machine:":
 			in = true
-			out = append(out, l, "  ready_timeout: 300s", "  mode: "+mode)
+			// The guest has no network and no DNS server for a private one.
+			out = append(out, l, "  ready_timeout: 300s", "  mode: "+mode, "  network: host")
 			if extra != "" {
 				out = append(out, strings.Split(strings.TrimRight(extra, "\n"), "\n")...)
 			}
