@@ -131,7 +131,17 @@ func TestInventory(t *testing.T) {
 }
 
 func TestAnsibleEnv(t *testing.T) {
-	env := ansibleEnv([]string{"PATH=/bin", "ANSIBLE_CONFIG=/home/x/a.cfg", "ANSIBLE_ROLES_PATH=/x", "HOME=/root"}, "/tmp/d", "/tmp/d/ansible.cfg")
+	env := ansibleEnv([]string{"PATH=/bin", "ANSIBLE_CONFIG=/home/x/a.cfg", "ANSIBLE_ROLES_PATH=/x", "HOME=/root", "LC_ALL=C", "LANG=POSIX"}, "/tmp/d", "/tmp/d/ansible.cfg")
+	// ansible-core refuses a locale that is not UTF-8 (a timer's, or
+	// LC_ALL=C from a script): the caller's is replaced.
+	for _, e := range env {
+		if strings.HasPrefix(e, "LC_ALL=") && e != "LC_ALL=C.UTF-8" || strings.HasPrefix(e, "LANG=") && e != "LANG=C.UTF-8" {
+			t.Errorf("ansibleEnv kept the caller's locale %s", e)
+		}
+	}
+	if !slices.Contains(env, "LC_ALL=C.UTF-8") {
+		t.Errorf("ansibleEnv sets no UTF-8 locale: %q", env)
+	}
 	if !slices.Contains(env, "PATH=/bin") || !slices.Contains(env, "HOME=/root") {
 		t.Errorf("ansibleEnv dropped the environment: %q", env)
 	}

@@ -138,11 +138,14 @@ func shQuote(s string) string {
 // ansibleEnv is the environment of ansible-playbook: the caller's without
 // any ANSIBLE_* (an admin's shell settings must not change how images are
 // built), plus settings that keep every file ansible reads or writes
-// inside the run's directory.
+// inside the run's directory. The locale is C.UTF-8 whatever the caller's:
+// ansible-core refuses to start without a UTF-8 locale, and timers, cron
+// and scripts with LC_ALL=C run without one.
 func ansibleEnv(environ []string, dir, cfg string) []string {
 	var env []string
 	for _, e := range environ {
-		if strings.HasPrefix(e, "ANSIBLE_") || strings.HasPrefix(e, "PYTHONUNBUFFERED=") {
+		if strings.HasPrefix(e, "ANSIBLE_") || strings.HasPrefix(e, "PYTHONUNBUFFERED=") ||
+			strings.HasPrefix(e, "LC_ALL=") || strings.HasPrefix(e, "LANG=") || strings.HasPrefix(e, "LANGUAGE=") {
 			continue
 		}
 		env = append(env, e)
@@ -158,6 +161,8 @@ func ansibleEnv(environ []string, dir, cfg string) []string {
 		"ANSIBLE_RETRY_FILES_ENABLED=False",
 		"ANSIBLE_HOST_KEY_CHECKING=False",
 		"ANSIBLE_NOCOLOR=1",
+		"LANG=C.UTF-8",
+		"LC_ALL=C.UTF-8",
 		// Lines as they happen, not when python's buffer fills.
 		"PYTHONUNBUFFERED=1",
 	)
