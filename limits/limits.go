@@ -2,12 +2,12 @@ package limits
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 
+	"github.com/nspawn-runner/nspawn-runner/sys/atomicfile"
 	"github.com/nspawn-runner/nspawn-runner/sys/sysctl"
 )
 
@@ -73,7 +73,7 @@ func Install(path string, dir sysctl.Dir) ([]Applied, error) {
 	if path == "" {
 		path = DefaultDropIn
 	}
-	if err := writeAtomic(path, DropInText(), 0o644); err != nil {
+	if err := writeDropIn(path); err != nil {
 		return nil, fmt.Errorf("install %s: %w", path, err)
 	}
 	var out []Applied
@@ -111,25 +111,10 @@ func Check(dir sysctl.Dir) []Shortfall {
 	return out
 }
 
-// writeAtomic writes b to path through a temporary file in its directory,
-// synced and renamed over path: readers see the old file or the new one.
-func writeAtomic(path string, b []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+// writeDropIn writes the drop-in atomically, making its directory first.
+func writeDropIn(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, werr := f.Write(b)
-	err = errors.Join(werr, f.Chmod(mode), f.Sync(), f.Close())
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
+	return atomicfile.Write(path, DropInText(), 0o644)
 }

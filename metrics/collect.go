@@ -13,6 +13,7 @@ import (
 
 	"github.com/nspawn-runner/nspawn-runner/bootstrap"
 	"github.com/nspawn-runner/nspawn-runner/machine"
+	"github.com/nspawn-runner/nspawn-runner/sys/atomicfile"
 )
 
 // TextfileName is the file --textfile writes in node_exporter's directory
@@ -135,7 +136,7 @@ func WriteTextfile(dir string, fams []Family) (string, error) {
 	if err := Write(&b, fams); err != nil {
 		return "", err
 	}
-	return path, writeAtomic(path, b.Bytes(), 0o644)
+	return path, atomicfile.Write(path, b.Bytes(), 0o644)
 }
 
 func errNotDir(fi os.FileInfo) error {

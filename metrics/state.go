@@ -11,6 +11,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nspawn-runner/nspawn-runner/sys/atomicfile"
 	"github.com/nspawn-runner/nspawn-runner/sys/flock"
 )
 
@@ -128,7 +129,7 @@ func Update(ctx context.Context, runDir string, change func(*State)) error {
 	if err != nil {
 		return fmt.Errorf("metrics state: %w", err)
 	}
-	return writeAtomic(file, append(b, '\n'), 0o644)
+	return atomicfile.Write(file, append(b, '\n'), 0o644)
 }
 
 // ObserveStage records one run of stage ("prepare" or "cleanup") that took
@@ -144,27 +145,6 @@ func ObserveStage(ctx context.Context, runDir, stage string, d time.Duration, fa
 			st.Failures++
 		}
 	})
-}
-
-// writeAtomic writes b to path through a temporary file in the same
-// directory renamed over it: readers (node_exporter) see the old file or
-// the new one, never half of one.
-func writeAtomic(path string, b []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	_, werr := f.Write(b)
-	err = errors.Join(werr, f.Chmod(mode), f.Close())
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }
 
 // ObserveGC records one gc run that removed machines and images.
