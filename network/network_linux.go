@@ -73,6 +73,11 @@ type Network struct {
 	Settings
 	// StateDir holds the allocations and their lock (RUN_DIR/network).
 	StateDir string
+	// BridgeLock is the flock that every runner sharing the bridge
+	// takes while it changes the bridge (creates it, adds a port,
+	// removes it), whatever its StateDir: BridgeLockPath(Bridge) when
+	// empty.
+	BridgeLock string
 	// Table names our nftables tables (DefaultTable when empty).
 	Table string
 	// HostNS is the pinned namespace holding the bridge; empty means the
@@ -147,6 +152,26 @@ func (n *Network) lock() (*flock.Lock, error) {
 	return l, nil
 }
 
+// BridgeLockPath is the default BridgeLock of bridge: in /run/lock, the
+// one directory that runners with different run directories share.
+func BridgeLockPath(bridge string) string {
+	return filepath.Join("/run/lock", "nspawn-runner-bridge-"+bridge+".lock")
+}
+
+// lockBridge takes BridgeLock. It is always taken after the StateDir
+// lock, never before: no two runners can deadlock.
+func (n *Network) lockBridge() (*flock.Lock, error) {
+	p := cmpOr(n.BridgeLock, BridgeLockPath(n.Bridge))
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return nil, fmt.Errorf("bridge lock: %w", err)
+	}
+	l, err := flock.Wait(context.Background(), p, flock.Exclusive)
+	if err != nil {
+		return nil, fmt.Errorf("bridge lock: %w", err)
+	}
+	return l, nil
+}
+
 // host holds handles to the namespace with the bridge.
 type host struct {
 	nl  *netlink.Handle
@@ -216,6 +241,14 @@ func (n *Network) Attach(name, dir string) (att *Attachment, err error) {
 		return nil, err
 	}
 	defer lk.Unlock()
+	// Another runner sharing the bridge could otherwise add its address
+	// at the same time as we do, or remove the bridge between our
+	// ensureBridge and our port joining it.
+	blk, err := n.lockBridge()
+	if err != nil {
+		return nil, err
+	}
+	defer blk.Unlock()
 	h, err := n.openHost()
 	if err != nil {
 		return nil, err
@@ -728,8 +761,13 @@ func (n *Network) Reclaim(exists func(name string) bool) ([]string, error) {
 		errs = append(errs, err)
 	}
 	if len(ports) == 0 && len(errs) == 0 {
-		if err := n.removeShared(h); err != nil {
+		if blk, err := n.lockBridge(); err != nil {
 			errs = append(errs, err)
+		} else {
+			if err := n.removeShared(h); err != nil {
+				errs = append(errs, err)
+			}
+			blk.Unlock()
 		}
 	}
 	return gone, errors.Join(errs...)

@@ -100,14 +100,23 @@ func handle(t testing.TB, f *os.File) *netlink.Handle {
 	return h
 }
 
+// network is a runner's network in the world. Whatever the test does,
+// its machines' pins are gone when it ends.
 func (w *world) network(t testing.TB) *Network {
-	return &Network{
+	n := &Network{
 		Settings: Settings{Bridge: "nrt-br", Subnet: netip.MustParsePrefix("10.99.0.0/24"),
 			DNS: []netip.Addr{netip.MustParseAddr("192.0.2.1")}},
-		StateDir: filepath.Join(w.dir, "state"),
-		HostNS:   w.host,
-		Table:    "nrtest",
+		StateDir:   filepath.Join(w.dir, "state"),
+		BridgeLock: filepath.Join(w.dir, "bridge.lock"),
+		HostNS:     w.host,
+		Table:      "nrtest",
 	}
+	t.Cleanup(func() {
+		if _, err := n.Reclaim(func(string) bool { return false }); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return n
 }
 
 // listen serves a greeting on addr inside the namespace pinned at ns,
