@@ -11,7 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -266,20 +266,21 @@ func Load(path string, mustExist bool) (Config, error) {
 	return c, nil
 }
 
-// Parse decodes a configuration over the defaults and validates it.
+// Parse decodes a configuration over the defaults and validates it. Its
+// errors are one line naming the key and its line; yaml.v3's error stays
+// their cause (errors.As finds a *yaml.TypeError, a *KeyError).
 func Parse(data []byte) (Config, error) {
 	c := Default()
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return Config{}, cleanYAMLError(err)
+		// yaml.v3's syntax errors already say "yaml: line N: ...".
+		return Config{}, fmt.Errorf("parse: %w", err)
 	}
 	if len(bytes.TrimSpace(data)) == 0 || len(root.Content) == 0 {
 		return c, nil
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
-		return Config{}, cleanYAMLError(err)
+	if err := decodeNode(root.Content[0], reflect.ValueOf(&c).Elem(), ""); err != nil {
+		return Config{}, err
 	}
 	if err := c.validate(&root); err != nil {
 		return Config{}, err
@@ -287,39 +288,9 @@ func Parse(data []byte) (Config, error) {
 	return c, nil
 }
 
-var (
-	reUnknown   = regexp.MustCompile(`field (\S+) not found( in (\w+))?`)
-	reUnmarshal = regexp.MustCompile("cannot unmarshal !!(\\w+) `([^`]*)` into (\\w+)")
-	reKind      = regexp.MustCompile(`cannot unmarshal !!(\w+) into [\w.]+`)
-)
-
-// cleanYAMLError turns yaml.v3's messages into one line an admin can act on.
-func cleanYAMLError(err error) error {
-	msg := err.Error()
-	msg = strings.TrimPrefix(msg, "yaml: unmarshal errors:\n")
-	msg = strings.TrimPrefix(msg, "yaml: ")
-	msg = strings.TrimSpace(msg)
-	msg = strings.ReplaceAll(msg, "\n  ", "; ")
-	msg = strings.ReplaceAll(msg, " in type config.Config", "")
-	for _, t := range []string{"Bootstrap", "Machine", "GitLab"} {
-		msg = strings.ReplaceAll(msg, " in type config."+t, " in "+strings.ToLower(t))
-	}
-	msg = reUnknown.ReplaceAllString(msg, "unknown key $1$2")
-	msg = reUnmarshal.ReplaceAllString(msg, "value $2 is not a valid $3")
-	msg = reKind.ReplaceAllString(msg, "unexpected $1 here")
-	msg = strings.NewReplacer("unexpected seq", "unexpected list", "unexpected map", "unexpected mapping",
-		"valid int", "valid number", "valid bool", "valid boolean (true or false)").Replace(msg)
-	return errors.New(msg)
-}
-
 // fieldError names the key and its line.
 func fieldError(root *yaml.Node, key string, format string, args ...any) error {
-	line := lineOf(root, key)
-	msg := fmt.Sprintf(format, args...)
-	if line > 0 {
-		return fmt.Errorf("line %d: %s: %s", line, key, msg)
-	}
-	return fmt.Errorf("%s: %s", key, msg)
+	return &KeyError{Line: lineOf(root, key), Key: key, Err: fmt.Errorf(format, args...)}
 }
 
 // lineOf finds the line of a dotted key ("machine.mode") in a document.
@@ -548,11 +519,11 @@ func ParseSize(v string) (Size, error) {
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: want a size like 2G or 30%%", n.Line)
+		return errors.New("want a size like 2G or 30%")
 	}
 	v, err := ParseSize(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %v", n.Line, err)
+		return err
 	}
 	*s = v
 	return nil
@@ -566,9 +537,12 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return errors.New("want a Go duration like 30s or 2m")
+	}
 	v, err := time.ParseDuration(n.Value)
-	if n.Kind != yaml.ScalarNode || err != nil {
-		return fmt.Errorf("line %d: invalid duration %q: want a Go duration like 30s or 2m", n.Line, n.Value)
+	if err != nil {
+		return fmt.Errorf("want a Go duration like 30s or 2m: %w", err)
 	}
 	*d = Duration(v)
 	return nil

@@ -1,11 +1,14 @@
 package config
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 func TestParseDefaults(t *testing.T) {
@@ -233,4 +236,77 @@ func FuzzParse(f *testing.F) {
 			t.Errorf("Parse(%q) accepted default_image %q", data, c.DefaultImage)
 		}
 	})
+}
+
+// Errors keep yaml.v3's error as their cause and say where they are from
+// the document's nodes: callers can errors.As a *yaml.TypeError or a
+// *KeyError instead of reading the text.
+func TestParseErrorChain(t *testing.T) {
+	_, err := Parse([]byte("machine:\n  mode: boot\n  cpu_weight: lots\n"))
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		t.Errorf("Parse(cpu_weight: lots) = %v, want a *yaml.TypeError in its chain", err)
+	}
+	var ke *KeyError
+	if !errors.As(err, &ke) || ke.Line != 3 || ke.Key != "machine.cpu_weight" {
+		t.Errorf("Parse(cpu_weight: lots) = %#v, want a *KeyError for machine.cpu_weight on line 3", ke)
+	}
+
+	_, err = Parse([]byte("gitlab:\n  cache_dirs: /x\n"))
+	if !errors.Is(err, ErrUnknownKey) || !errors.As(err, &ke) || ke.Line != 2 || ke.Key != "gitlab.cache_dirs" {
+		t.Errorf("Parse(cache_dirs) = %v, want ErrUnknownKey for gitlab.cache_dirs on line 2", err)
+	}
+	if !strings.Contains(err.Error(), "cache_dir,") && !strings.HasSuffix(err.Error(), "cache_dir)") {
+		t.Errorf("Parse(cache_dirs) = %q, want it to list the keys the section has", err)
+	}
+
+	_, err = Parse([]byte("machine:\n  ready_timeout: soon\n"))
+	if !errors.As(err, &ke) || ke.Line != 2 || errors.Unwrap(ke.Err) == nil {
+		t.Errorf("Parse(ready_timeout: soon) = %v, want a *KeyError on line 2 wrapping time.ParseDuration's error", err)
+	}
+
+	// A syntax error: yaml.v3's error (with its line) wrapped, not rewritten.
+	_, err = Parse([]byte("machine: {mode: boot\n"))
+	if err == nil || errors.Unwrap(err) == nil || !strings.Contains(errors.Unwrap(err).Error(), "yaml: line 1:") {
+		t.Errorf("Parse(syntax error) = %v, want yaml.v3's error wrapped", err)
+	}
+
+	// A validation error is a *KeyError too.
+	_, err = Parse([]byte("\nmachine:\n  mode: turbo\n"))
+	if !errors.As(err, &ke) || ke.Line != 3 || ke.Key != "machine.mode" {
+		t.Errorf("Parse(mode: turbo) = %v, want a *KeyError for machine.mode on line 3", err)
+	}
+
+	// A file's errors name it.
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(p, []byte("rooot: /x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(p, true); err == nil || !strings.Contains(err.Error(), p+": line 1: rooot") || !errors.Is(err, ErrUnknownKey) {
+		t.Errorf("Load(%s) = %v, want the file, the line and ErrUnknownKey", p, err)
+	}
+}
+
+// Keys are decoded one by one from the node tree: repeated keys are
+// errors, anchors, aliases and merge keys work as with a whole-document
+// decode.
+func TestParseNodes(t *testing.T) {
+	if _, err := Parse([]byte("root: /a\nroot: /b\n")); err == nil || !strings.Contains(err.Error(), "line 2: root: set twice (first on line 1)") {
+		t.Errorf("Parse(root twice) = %v, want a line-2 error", err)
+	}
+	c, err := Parse([]byte("x-defaults: &d\n  mode: fast\n  tasks_max: 7\n"))
+	if err == nil {
+		t.Errorf("Parse(x-defaults) = %+v, want an unknown key", c)
+	}
+	c, err = Parse([]byte("bootstrap: &b {suite: trixie}\nmachine:\n  <<: {mode: fast, tasks_max: 7}\n  tasks_max: 9\ngitlab:\n  cache_dir: &c /srv/cache\n  builds_dir: *c\n"))
+	if err != nil {
+		t.Fatalf("Parse(merge, alias) = %v", err)
+	}
+	if c.Machine.Mode != ModeFast || c.Machine.TasksMax != 9 || c.GitLab.BuildsDir != "/srv/cache" || c.Bootstrap.Suite != "trixie" {
+		t.Errorf("Parse(merge, alias) = %+v %+v %+v, want mode fast, tasks_max 9 (the explicit key wins), builds_dir /srv/cache", c.Machine, c.GitLab, c.Bootstrap)
+	}
+	c, err = Parse([]byte("machine:\nbootstrap: ~\n"))
+	if err != nil || c.Machine.Mode != Default().Machine.Mode {
+		t.Errorf("Parse(empty sections) = %+v, %v, want the defaults", c.Machine, err)
+	}
 }
