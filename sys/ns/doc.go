@@ -3,5 +3,6 @@
 // so a reused pid is never taken for it) and starts a command inside the
 // leader's mount, pid, network, uts, ipc and cgroup namespaces with
 // setns(2) from a locked OS thread that first calls unshare(CLONE_FS), as
-// setns(2) requires for CLONE_NEWNS in a multithreaded process.
+// setns(2) requires for CLONE_NEWNS in a multithreaded process. Do runs Go
+// code (a mount, a sethostname) on such a thread, which is then discarded.
 package ns

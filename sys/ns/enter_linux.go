@@ -87,13 +87,46 @@ func Start(leader *Proc, c Cmd) (*Process, error) {
 	return p, nil
 }
 
-func startLocked(leader *Proc, c Cmd) (*exec.Cmd, error) {
+// Do runs fn on a fresh OS thread that has joined the namespaces flags
+// (a subset of Namespaces) of the pinned leader, and waits for it. The
+// thread is never unlocked, so the Go runtime discards it when fn returns
+// and no other goroutine ever runs in those namespaces. fn must not start
+// goroutines that expect to run there.
+func Do(leader *Proc, flags int, fn func() error) error {
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// Deliberately no UnlockOSThread, as in Start.
+		if err := enterLocked(leader, flags); err != nil {
+			done <- err
+			return
+		}
+		done <- fn()
+	}()
+	return <-done
+}
+
+// enterLocked joins the leader's namespaces flags from the calling, locked
+// thread.
+func enterLocked(leader *Proc, flags int) error {
 	// setns(2): "CLONE_NEWNS ... the caller must not share its filesystem
 	// attributes (CLONE_FS) with another process": Go threads do.
-	if err := unix.Unshare(unix.CLONE_FS); err != nil {
-		return nil, fmt.Errorf("unshare CLONE_FS: %w", err)
+	if flags&unix.CLONE_NEWNS != 0 {
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			return fmt.Errorf("unshare CLONE_FS: %w", err)
+		}
 	}
 	// One setns with a pidfd joins all of them atomically (Linux 5.8).
+	if err := unix.Setns(leader.FD(), flags); err != nil {
+		if err == unix.ESRCH {
+			return fmt.Errorf("enter pid %d: %w", leader.PID, ErrGone)
+		}
+		return fmt.Errorf("setns into pid %d: %w", leader.PID, err)
+	}
+	return nil
+}
+
+func startLocked(leader *Proc, c Cmd) (*exec.Cmd, error) {
 	// A command started in a given cgroup keeps our cgroup namespace: on
 	// a cgroup2 mounted with nsdelegate (systemd's default), clone3 with
 	// CLONE_INTO_CGROUP from inside the machine's namespace, which is
@@ -103,11 +136,8 @@ func startLocked(leader *Proc, c Cmd) (*exec.Cmd, error) {
 	if c.CgroupFD >= 0 {
 		flags &^= unix.CLONE_NEWCGROUP
 	}
-	if err := unix.Setns(leader.FD(), flags); err != nil {
-		if err == unix.ESRCH {
-			return nil, fmt.Errorf("enter pid %d: %w", leader.PID, ErrGone)
-		}
-		return nil, fmt.Errorf("setns into pid %d: %w", leader.PID, err)
+	if err := enterLocked(leader, flags); err != nil {
+		return nil, err
 	}
 	path := c.Path
 	if !strings.Contains(path, "/") {
