@@ -19,6 +19,10 @@ type Meta struct {
 	Mirror     string    `json:"mirror,omitempty"`
 	Packages   []string  `json:"packages,omitempty"`
 	Maintained time.Time `json:"maintained,omitzero"`
+	// ServicePorts are the TCP ports the image serves on when a job
+	// uses it as a service (the playbook's nspawn_runner_service_ports,
+	// recorded whenever the playbook ran).
+	ServicePorts []int `json:"service_ports,omitempty"`
 }
 
 // ReadMeta reads an image's metadata; a missing file is an empty Meta.

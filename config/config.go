@@ -101,6 +101,10 @@ type Machine struct {
 	// StopTimeout bounds the graceful shutdown in cleanup before the
 	// machine's cgroup is killed.
 	StopTimeout Duration `yaml:"stop_timeout"`
+	// ServicesTimeout bounds how long prepare waits for a job's services
+	// to boot and accept connections; past it the job goes on with a
+	// warning.
+	ServicesTimeout Duration `yaml:"services_timeout"`
 	// CgroupParent is the cgroup, relative to the cgroup v2 root, under
 	// which each machine gets its own (hosts without systemd).
 	CgroupParent string `yaml:"cgroup_parent"`
@@ -223,19 +227,20 @@ func Default() Config {
 		RunDir:    DefaultRunDir,
 		Bootstrap: Bootstrap{Suite: DefaultSuite},
 		Machine: Machine{
-			Mode:         ModeBoot,
-			Storage:      StorageAuto,
-			Seccomp:      true,
-			CPUWeight:    50,
-			MemoryHigh:   Size{Percent: 30},
-			MemoryMax:    Size{Percent: 40},
-			Shell:        "bash",
-			ReadyTimeout: Duration(60 * time.Second),
-			StopTimeout:  Duration(10 * time.Second),
-			CgroupParent: DefaultCgroupParent,
-			Network:      NetworkPrivate,
-			Bridge:       DefaultBridge,
-			Subnet:       DefaultSubnet,
+			Mode:            ModeBoot,
+			Storage:         StorageAuto,
+			Seccomp:         true,
+			CPUWeight:       50,
+			MemoryHigh:      Size{Percent: 30},
+			MemoryMax:       Size{Percent: 40},
+			Shell:           "bash",
+			ReadyTimeout:    Duration(60 * time.Second),
+			StopTimeout:     Duration(10 * time.Second),
+			ServicesTimeout: Duration(30 * time.Second),
+			CgroupParent:    DefaultCgroupParent,
+			Network:         NetworkPrivate,
+			Bridge:          DefaultBridge,
+			Subnet:          DefaultSubnet,
 		},
 		GitLab: GitLab{CacheDir: "/var/cache/nspawn-runner"},
 	}
@@ -396,6 +401,9 @@ func (c *Config) validate(root *yaml.Node) error {
 	}
 	if m.StopTimeout <= 0 {
 		return fieldError(root, "machine.stop_timeout", "must be positive")
+	}
+	if m.ServicesTimeout <= 0 {
+		return fieldError(root, "machine.services_timeout", "must be positive")
 	}
 	if err := checkCgroupPath(m.CgroupParent); err != nil {
 		return fieldError(root, "machine.cgroup_parent", "%v", err)

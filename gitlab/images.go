@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -17,6 +18,10 @@ type ImageError struct {
 	Exists bool
 	// Available are the images jobs may select, sorted.
 	Available []string
+	// Service is the service name when the image was chosen for a
+	// service; Candidates are then the images it may select, in order.
+	Service    string
+	Candidates []string
 }
 
 func (e *ImageError) Error() string {
@@ -27,6 +32,17 @@ func (e *ImageError) Error() string {
 	avail := "none (create one with nspawn-runner chroot-create)"
 	if len(e.Available) > 0 {
 		avail = strings.Join(e.Available, ", ")
+	}
+	if e.Service != "" {
+		q := make([]string, len(e.Candidates))
+		for i, c := range e.Candidates {
+			q[i] = strconv.Quote(c)
+		}
+		why = "selects no image: " + strings.Join(q, " or ") + " does not exist"
+		if e.Exists {
+			why = "selects no image: " + strings.Join(q, " or ") + " is not in this runner's allowed_images"
+		}
+		return fmt.Sprintf("service %q %s; images available to jobs: %s", clip(e.Service), why, avail)
 	}
 	return fmt.Sprintf("image %q %s; images available to jobs: %s", e.Name, why, avail)
 }

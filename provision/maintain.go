@@ -407,6 +407,7 @@ func (m *Maintainer) maintain(ctx context.Context, name, playbook string, create
 	}
 	swapped = true
 	meta.Maintained = time.Now().UTC()
+	meta.ServicePorts = vars.ServicePorts
 	if err := m.Store.WriteMeta(name, meta); err != nil {
 		m.log().Warn("image written, but its metadata was not", "image", name, "err", err)
 	}

@@ -6,7 +6,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"gopkg.in/yaml.v3"
@@ -96,6 +98,9 @@ const (
 	VarRecreate = "nspawn_runner_maint_recreate"
 	VarMirror   = "nspawn_runner_mirror"
 	VarInclude  = "nspawn_runner_include"
+	// VarServicePorts are the TCP ports a service image listens on: a
+	// job's services: are ready once they accept connections.
+	VarServicePorts = "nspawn_runner_service_ports"
 )
 
 const varPrefix = "nspawn_runner_"
@@ -112,6 +117,9 @@ type Vars struct {
 	Mirror string
 	// Include are extra packages for debootstrap.
 	Include []string
+	// ServicePorts are the TCP ports the image serves on as a service;
+	// kept in its metadata.
+	ServicePorts []int
 }
 
 // ParseVars reads the nspawn_runner_* variables from the vars of a
@@ -197,8 +205,15 @@ func ParseVars(data []byte) (Vars, []string, error) {
 				}
 				v.Include = append(v.Include, p)
 			}
+		case VarServicePorts:
+			ports, ok := portsVar(val)
+			if !ok {
+				warnf("line %d: %s must be a list of TCP ports (1-65535); ignored", key.Line, key.Value)
+				continue
+			}
+			v.ServicePorts = ports
 		default:
-			warnf("line %d: unknown variable %s (known: %s, %s, %s, %s)", key.Line, key.Value, VarSuite, VarRecreate, VarMirror, VarInclude)
+			warnf("line %d: unknown variable %s (known: %s, %s, %s, %s, %s)", key.Line, key.Value, VarSuite, VarRecreate, VarMirror, VarInclude, VarServicePorts)
 		}
 	}
 	return v, warn, nil
@@ -286,6 +301,46 @@ func listVar(n *yaml.Node) ([]string, bool) {
 		return out, true
 	}
 	return nil, false
+}
+
+// portsVar accepts a list of TCP port numbers, one number, or a
+// comma-separated string of them.
+func portsVar(n *yaml.Node) ([]int, bool) {
+	var items []string
+	switch n.Kind {
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" {
+			return nil, true
+		}
+		if n.Tag != "!!int" && n.Tag != "!!str" {
+			return nil, false
+		}
+		items = strings.Split(n.Value, ",")
+	case yaml.SequenceNode:
+		for _, c := range n.Content {
+			if c.Kind != yaml.ScalarNode || c.Tag != "!!int" && c.Tag != "!!str" {
+				return nil, false
+			}
+			items = append(items, c.Value)
+		}
+	default:
+		return nil, false
+	}
+	var out []int
+	for _, it := range items {
+		it = strings.TrimSpace(it)
+		if it == "" {
+			continue
+		}
+		p, err := strconv.Atoi(it)
+		if err != nil || p < 1 || p > 65535 {
+			return nil, false
+		}
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out, true
 }
 
 // checkedString returns the string value of a variable that check accepts,

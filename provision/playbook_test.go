@@ -66,6 +66,12 @@ func TestParseVars(t *testing.T) {
 			want: Vars{Include: []string{"git"}},
 			warn: []string{`"rm -rf" is not a Debian package`, `"Vim" is not a Debian package`},
 		},
+		{name: "service ports", in: "- vars:\n    nspawn_runner_service_ports: [5432, '6379', 5432]\n", want: Vars{ServicePorts: []int{5432, 6379}}},
+		{name: "service port one", in: "- vars:\n    nspawn_runner_service_ports: 80\n", want: Vars{ServicePorts: []int{80}}},
+		{name: "service ports string", in: "- vars:\n    nspawn_runner_service_ports: '80, 443'\n", want: Vars{ServicePorts: []int{80, 443}}},
+		{name: "service port out of range", in: "- vars:\n    nspawn_runner_service_ports: [0]\n", warn: []string{"must be a list of TCP ports"}},
+		{name: "service port not a number", in: "- vars:\n    nspawn_runner_service_ports: [http]\n", warn: []string{"must be a list of TCP ports"}},
+		{name: "service port map", in: "- vars:\n    nspawn_runner_service_ports: {a: 1}\n", warn: []string{"must be a list of TCP ports"}},
 		{name: "unknown var", in: "- vars:\n    nspawn_runner_suite: sid\n", warn: []string{"line 2: unknown variable nspawn_runner_suite"}},
 		{
 			name: "several plays",
