@@ -10,12 +10,14 @@ BIN      ?= bin/nspawn-runner
 # linking libc statically (with the pure-Go user and DNS lookups) is safe
 # and saves the dynamic loader's work on every stage (see Performance).
 TAGS     := netgo,osusergo
+# EXTRA_TAGS=stagetrace: the stage breakdown's marks (internal/stagetrace).
+EXTRA_TAGS ?=
 LDFLAGS  := -X main.version=$(VERSION) -linkmode external -extldflags -static
 
 .PHONY: build test vm-test bench install demo deb vet fmt clean
 
 build:
-	CGO_ENABLED=1 $(GO) build -trimpath -tags '$(TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nspawn-runner
+	CGO_ENABLED=1 $(GO) build -trimpath -tags '$(TAGS),$(EXTRA_TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nspawn-runner
 
 vet:
 	$(GO) vet ./...

@@ -22,11 +22,13 @@ const module = "github.com/nspawn-runner/nspawn-runner"
 //
 //	sys/*              nothing of ours but sys/internal/* (shared leaf helpers)
 //	internal/logx      nothing of ours (a leaf)
+//	internal/stagetrace nothing of ours (a leaf; empty unless built with
+//	                   -tags stagetrace, for the stage breakdown benchmark)
 //	config             a leaf (internal/logx at most)
 //	gitlab             nothing: the contract is standard library only
 //	bootstrap          config, sys/*, internal/logx
 //	network            config, sys/*, internal/logx
-//	machine            config, network, sys/*, internal/logx
+//	machine            config, network, sys/*, internal/logx, internal/stagetrace
 //	provision          bootstrap, config, sys/*, internal/logx
 //	limits             sys/* (the kernel limits many machines need)
 //	doctor             bootstrap, config, gitlab, limits, machine, sys/*
@@ -36,21 +38,22 @@ const module = "github.com/nspawn-runner/nspawn-runner"
 //	                   image with chroot-create's code)
 //	integration        tests only: anything
 var mayImport = map[string][]string{
-	"sys/":              {"sys/internal/"},
-	"internal/logx":     nil,
-	"config":            {"internal/logx"},
-	"gitlab":            nil,
-	"bootstrap":         {"config", "sys/", "internal/logx"},
-	"network":           {"config", "sys/", "internal/logx"},
-	"machine":           {"config", "network", "sys/", "internal/logx"},
-	"limits":            {"sys/"},
-	"doctor":            {"bootstrap", "config", "gitlab", "limits", "machine", "sys/"},
-	"metrics":           {"bootstrap", "machine", "sys/"},
-	"provision":         {"bootstrap", "config", "sys/", "internal/logx"},
-	"cmd/nspawn-runner": {"bootstrap", "config", "doctor", "gitlab", "limits", "machine", "metrics", "network", "provision", "sys/", "internal/logx"},
-	"internal/testutil": {"bootstrap", "config", "sys/"},
-	"integration":       {""},
-	"":                  nil, // this package: only tests
+	"sys/":                {"sys/internal/"},
+	"internal/logx":       nil,
+	"internal/stagetrace": nil,
+	"config":              {"internal/logx"},
+	"gitlab":              nil,
+	"bootstrap":           {"config", "sys/", "internal/logx"},
+	"network":             {"config", "sys/", "internal/logx"},
+	"machine":             {"config", "network", "sys/", "internal/logx", "internal/stagetrace"},
+	"limits":              {"sys/"},
+	"doctor":              {"bootstrap", "config", "gitlab", "limits", "machine", "sys/"},
+	"metrics":             {"bootstrap", "machine", "sys/"},
+	"provision":           {"bootstrap", "config", "sys/", "internal/logx"},
+	"cmd/nspawn-runner":   {"bootstrap", "config", "doctor", "gitlab", "limits", "machine", "metrics", "network", "provision", "sys/", "internal/logx", "internal/stagetrace"},
+	"internal/testutil":   {"bootstrap", "config", "sys/"},
+	"integration":         {""},
+	"":                    nil, // this package: only tests
 }
 
 // rule finds the entry of mayImport that covers rel: its exact name, else

@@ -62,18 +62,25 @@ func binary(t testing.TB) string {
 			return
 		}
 		built.bin = filepath.Join(built.dir, "nspawn-runner")
-		cmd := exec.Command("make", "-s", "-C", "..", "build", "BIN="+built.bin, "VERSION=integration-test")
-		// The go command that runs this test builds the binary too.
-		goDir := filepath.Join(runtime.GOROOT(), "bin")
-		cmd.Env = append(os.Environ(), "PATH="+goDir+string(os.PathListSeparator)+os.Getenv("PATH"))
-		if out, err := cmd.CombinedOutput(); err != nil {
-			built.err = fmt.Errorf("make build: %v\n%s", err, out)
-		}
+		built.err = makeBuild(built.bin)
 	})
 	if built.err != nil {
 		t.Fatal(built.err)
 	}
 	return built.bin
+}
+
+// makeBuild runs the Makefile's build rule into bin, with extra make
+// variables (EXTRA_TAGS=...).
+func makeBuild(bin string, vars ...string) error {
+	cmd := exec.Command("make", append([]string{"-s", "-C", "..", "build", "BIN=" + bin, "VERSION=integration-test"}, vars...)...)
+	// The go command that runs this test builds the binary too.
+	goDir := filepath.Join(runtime.GOROOT(), "bin")
+	cmd.Env = append(os.Environ(), "PATH="+goDir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("make build: %v\n%s", err, out)
+	}
+	return nil
 }
 
 // Options configure one Runner.

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nspawn-runner/nspawn-runner/internal/stagetrace"
 	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 	"github.com/nspawn-runner/nspawn-runner/sys/ns"
 )
@@ -72,6 +73,7 @@ func (m *Manager) Run(ctx context.Context, req RunRequest) error {
 		return fmt.Errorf("run: machine %s (leader pid %d): %w: %v", name, rec.LeaderPID, ErrDead, err)
 	}
 	defer leader.Close()
+	stagetrace.Mark("record")
 
 	// The script: a copy in the machine's scripts directory on the host,
 	// which the machine sees read-only at ScriptDir. Nothing is written
@@ -84,6 +86,7 @@ func (m *Manager) Run(ctx context.Context, req RunRequest) error {
 		return fmt.Errorf("run: %w", err)
 	}
 	defer os.Remove(hostScript)
+	stagetrace.Mark("script")
 
 	// A cgroup of its own under the machine's: limits apply, and a
 	// cancelled stage can be killed whole, daemons included.
@@ -109,6 +112,7 @@ func (m *Manager) Run(ctx context.Context, req RunRequest) error {
 	if stageCg != "" {
 		oomBefore, oomKnown = h.OOMKills(rec.Cgroup)
 	}
+	stagetrace.Mark("cgroup")
 	stdout, stderr := req.Stdout, req.Stderr
 	if stdout == nil {
 		stdout = os.Stdout
@@ -140,12 +144,14 @@ func (m *Manager) Run(ctx context.Context, req RunRequest) error {
 		}
 		return fmt.Errorf("run: %w", err)
 	}
+	stagetrace.Mark("started")
 	select {
 	case <-p.Done():
 	case <-ctx.Done():
 		m.terminate(p, h, stageCg)
 		return fmt.Errorf("run: stage %s cancelled: %w", req.Stage, ctx.Err())
 	}
+	stagetrace.Mark("exited")
 	_, werr := p.Wait()
 	var ee *exec.ExitError
 	if errors.As(werr, &ee) {

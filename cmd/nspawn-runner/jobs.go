@@ -14,6 +14,7 @@ import (
 
 	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/gitlab"
+	"github.com/nspawn-runner/nspawn-runner/internal/stagetrace"
 	"github.com/nspawn-runner/nspawn-runner/machine"
 )
 
@@ -122,7 +123,9 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 		if err != nil {
 			return err
 		}
+		stagetrace.Mark("job")
 		err = g.manager(&run.machineFlags).Run(ctx, machine.RunRequest{JobID: job.ID, Key: job.Key, Script: script, Stage: stage, Stdout: stdout, Stderr: stderr})
+		stagetrace.Mark("teardown")
 		var ee *machine.ExitError
 		if errors.As(err, &ee) {
 			return &gitlab.BuildFailure{Code: ee.Code}

@@ -23,6 +23,7 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/bootstrap"
 	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/gitlab"
+	"github.com/nspawn-runner/nspawn-runner/internal/stagetrace"
 	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
@@ -110,7 +111,11 @@ func newApp(g *globals) (*kingpin.Application, commands) {
 }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+	stagetrace.Mark("start")
+	code := run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stagetrace.Mark("exit")
+	stagetrace.Flush()
+	os.Exit(code)
 }
 
 // run runs the command line args with the given environment and standard
@@ -137,6 +142,7 @@ func execute(app *kingpin.Application, cmds commands, g *globals, args []string)
 	exits := gitlab.ExitCodesFromEnv(g.getenv)
 
 	name, err := app.Parse(args)
+	stagetrace.Mark("parse")
 	if exited && code == 0 && errors.Is(err, kingpin.ErrCommandNotSpecified) && !helpAsked(args) {
 		// kingpin printed the usage; no command is an error, not help.
 		fmt.Fprintln(g.stderr, "nspawn-runner: no command given")
@@ -161,6 +167,7 @@ func execute(app *kingpin.Application, cmds commands, g *globals, args []string)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	err = g.load()
+	stagetrace.Mark("config")
 	if err == nil {
 		start := time.Now()
 		err = cmd.run(ctx)
