@@ -15,8 +15,8 @@ import (
 )
 
 // Namespaces are the namespaces of a machine that a command joins. The
-// user namespace is not among them: systemd-nspawn without --private-users
-// makes none, and joining one needs a single-threaded process.
+// user namespace is joined as well when the machine has its own
+// (systemd-nspawn --private-users): see startInUserNS.
 const Namespaces = unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | unix.CLONE_NEWCGROUP
 
 // Cmd is a command to start inside a machine.
@@ -127,6 +127,13 @@ func enterLocked(leader *Proc, flags int) error {
 }
 
 func startLocked(leader *Proc, c Cmd) (*exec.Cmd, error) {
+	own, err := OwnUserNS(leader.PID)
+	if err != nil {
+		return nil, err
+	}
+	if own {
+		return startInUserNS(leader, c)
+	}
 	// A command started in a given cgroup keeps our cgroup namespace: on
 	// a cgroup2 mounted with nsdelegate (systemd's default), clone3 with
 	// CLONE_INTO_CGROUP from inside the machine's namespace, which is

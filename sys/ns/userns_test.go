@@ -1,0 +1,116 @@
+package ns
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
+)
+
+// userNSBase is the host uid and gid the test's user namespace maps to 0.
+const userNSBase = 200000
+
+// userNSLeader starts a sleep in new user (0 -> userNSBase), mount, pid
+// and uts namespaces, as systemd-nspawn --private-users makes them.
+func userNSLeader(t *testing.T) (*Proc, *exec.Cmd) {
+	t.Helper()
+	leader := exec.Command("sleep", "1000")
+	leader.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:                 unix.CLONE_NEWUSER | unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS,
+		UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: userNSBase, Size: 65536}},
+		GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: userNSBase, Size: 65536}},
+		GidMappingsEnableSetgroups: true,
+	}
+	if err := leader.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { leader.Process.Kill(); leader.Wait() })
+	p, err := Open(leader.Process.Pid, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p, leader
+}
+
+// TestStartInUserNS enters a process with its own user namespace: the
+// command is that namespace's root (uid 0 inside, userNSBase on the
+// host), its files belong to userNSBase on the host, and nothing of ours
+// (the constructor's variable, our descriptors) reaches it.
+func TestStartInUserNS(t *testing.T) {
+	testutil.RequireRoot(t)
+	if !CanEnterUserNS {
+		t.Skip("built without cgo")
+	}
+	p, _ := userNSLeader(t)
+	own, err := OwnUserNS(p.PID)
+	if err != nil || !own {
+		t.Fatalf("OwnUserNS(leader) = %v, %v, want true", own, err)
+	}
+	if own, err := OwnUserNS(os.Getpid()); err != nil || own {
+		t.Fatalf("OwnUserNS(self) = %v, %v, want false", own, err)
+	}
+	dir, err := os.MkdirTemp("", "users-ns-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	r, w, _ := os.Pipe()
+	defer r.Close()
+	script := `id -u; id -g; cat /proc/self/uid_map; env | grep -c NSENTER; ls -l /proc/self/fd/ | grep -c pidfd; touch ` + dir + `/f; pwd`
+	cmd, err := Start(p, Cmd{Path: "sh", Args: []string{"sh", "-c", script}, Env: []string{"PATH=/usr/bin:/bin"}, Dir: dir, Stdout: w, Stderr: w, CgroupFD: -1})
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, 1024)
+	n, _ := readAll(r, out)
+	if _, err := cmd.Wait(); err != nil {
+		t.Fatalf("wait: %v (output %q)", err, out[:n])
+	}
+	got := strings.Fields(string(out[:n]))
+	// No pidfd of the leader is left open.
+	want := []string{"0", "0", "0", itoa(userNSBase), "65536", "0", "0", dir}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("inside: %q, want %q", got, want)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(dir, "f"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Uid != userNSBase || st.Gid != userNSBase {
+		t.Errorf("a file the command made is owned by %d:%d on the host, want %d:%d", st.Uid, st.Gid, userNSBase, userNSBase)
+	}
+}
+
+// TestStartInUserNSErrors: a program missing in the machine is
+// ErrNotFound, a leader that is gone is ErrGone, as without a user
+// namespace.
+func TestStartInUserNSErrors(t *testing.T) {
+	testutil.RequireRoot(t)
+	if !CanEnterUserNS {
+		t.Skip("built without cgo")
+	}
+	p, leader := userNSLeader(t)
+	if _, err := Start(p, Cmd{Path: "no-such-program", Args: []string{"x"}, Env: []string{"PATH=/usr/bin:/bin"}, CgroupFD: -1}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Start(missing program) = %v, want ErrNotFound", err)
+	}
+	if _, err := Start(p, Cmd{Path: "/bin/true", Args: []string{"true"}, Dir: "/no/such/dir", CgroupFD: -1}); err == nil || !strings.Contains(err.Error(), "chdir /no/such/dir") {
+		t.Errorf("Start(missing dir) = %v, want a chdir error", err)
+	}
+	leader.Process.Kill()
+	leader.Wait()
+	if _, err := Start(p, Cmd{Path: "/bin/true", Args: []string{"true"}, CgroupFD: -1}); !errors.Is(err, ErrGone) {
+		t.Errorf("Start(dead leader) = %v, want ErrGone", err)
+	}
+}
