@@ -230,7 +230,8 @@ func (h *lcHost) records() []map[string]any {
 
 func (h *lcHost) recordOf(j *job) map[string]any {
 	for _, r := range h.records() {
-		if r["job_id"] == j.id {
+		// A job's services carry its id too, and the job's machine name.
+		if r["job_id"] == j.id && r["job"] == nil {
 			return r
 		}
 	}
@@ -261,7 +262,8 @@ func (h *lcHost) leftovers() []string {
 		if err != nil || !d.IsDir() {
 			return nil
 		}
-		if p == filepath.Join(h.root, "bookworm") {
+		if filepath.Dir(p) == h.root && !strings.HasPrefix(filepath.Base(p), ".") {
+			// An image (bookworm, or one a test made).
 			return filepath.SkipDir
 		}
 		if ok, _ := btrfs.IsSubvolume(p); ok && p != h.root && filepath.Dir(h.root) != p {

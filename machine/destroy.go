@@ -35,6 +35,10 @@ func (m *Manager) CleanupName(ctx context.Context, name string) error {
 	}
 	ctx, cancel := m.destroyContext(ctx)
 	defer cancel()
+	// A job's services go with it (and first: they use its network).
+	if err := m.destroyServices(ctx, name); err != nil {
+		return fmt.Errorf("cleanup %s: services: %w", name, err)
+	}
 	l := m.layout(name)
 	if !m.exists(l) && !m.cgroupExists(l) {
 		return nil

@@ -45,6 +45,11 @@ func (m *Manager) GC(ctx context.Context, maxAge time.Duration) (GCResult, error
 		}
 		rec, rerr := readRecord(l.Record)
 		live := rerr == nil && rec.running()
+		if live && rec.Job != "" {
+			// A service lives as long as its job's machine runs.
+			jr, err := readRecord(m.layout(rec.Job).Record)
+			live = err == nil && jr.running()
+		}
 		if live && !Expired(rec.Created, now, maxAge) {
 			lk.release(false)
 			continue
@@ -55,7 +60,11 @@ func (m *Manager) GC(ctx context.Context, maxAge time.Duration) (GCResult, error
 			m.log().Info("removing what a machine that is gone left behind", "machine", name)
 		}
 		dctx, cancel := m.destroyContext(ctx)
-		err = m.destroy(dctx, l)
+		// A job's services go first (they use its network).
+		err = m.destroyServices(dctx, name)
+		if err == nil {
+			err = m.destroy(dctx, l)
+		}
 		cancel()
 		if err != nil {
 			lk.release(false)
@@ -150,6 +159,11 @@ type Status struct {
 	// gone, or its prepare or cleanup died: gc removes it).
 	State     string `json:"state"`
 	LeaderPID int    `json:"leader_pid,omitempty"`
+	// Job is, for a service, its job's machine; Service its name in the
+	// job and Aliases its host names.
+	Job     string   `json:"job,omitempty"`
+	Service string   `json:"service,omitempty"`
+	Aliases []string `json:"aliases,omitempty"`
 }
 
 // List returns the machines of this run directory.
@@ -167,7 +181,8 @@ func (m *Manager) List(ctx context.Context) ([]Status, error) {
 			continue
 		}
 		s := Status{Name: n, JobID: rec.JobID, Image: rec.Image, Mode: rec.Mode, Storage: rec.Storage,
-			Created: rec.Created, Age: now.Sub(rec.Created).Round(time.Second).String(), LeaderPID: rec.LeaderPID}
+			Created: rec.Created, Age: now.Sub(rec.Created).Round(time.Second).String(), LeaderPID: rec.LeaderPID,
+			Job: rec.Job, Service: rec.Service, Aliases: rec.Aliases}
 		switch rec.State {
 		case StateRunning:
 			s.State = StateDead

@@ -87,8 +87,9 @@ type Layout struct {
 	Name string
 	// Record is the state record; Lock its lock file.
 	Record, Lock string
-	// RunDir holds nspawn.log and scripts/.
-	RunDir, Log, Scripts string
+	// RunDir holds nspawn.log and scripts/ (and hosts, the /etc/hosts
+	// of a job with services).
+	RunDir, Log, Scripts, Hosts string
 	// MachineDir is ROOT/.machines/NAME; Tree is the root directory
 	// systemd-nspawn runs (the snapshot or the overlay mount point);
 	// Upper and Work are the overlay's directories.
@@ -112,6 +113,7 @@ func LayoutOf(root, runDir, cgroupParent, name string) Layout {
 		RunDir:     rd,
 		Log:        filepath.Join(rd, "nspawn.log"),
 		Scripts:    filepath.Join(rd, "scripts"),
+		Hosts:      filepath.Join(rd, "hosts"),
 		MachineDir: md,
 		Tree:       filepath.Join(md, "root"),
 		Upper:      filepath.Join(md, "upper"),
@@ -145,6 +147,12 @@ type PlanInput struct {
 	// private, NetNS is its pinned namespace and ResolvConf the file
 	// bound onto its /etc/resolv.conf.
 	Network, NetNS, ResolvConf string
+	// Hosts, when not empty, is a file bound (writable: it is the
+	// machine's own copy) onto /etc/hosts.
+	Hosts string
+	// Command, in fast mode, runs instead of the sleeping payload (a
+	// service's command).
+	Command []string
 }
 
 // Plan returns the systemd-nspawn arguments and its extra environment.
@@ -163,6 +171,9 @@ func Plan(in PlanInput) (nspawn.Spec, []string) {
 	}
 	if !in.Host.NoBus {
 		s.Properties = properties(in.Limits)
+	}
+	if in.Hosts != "" {
+		s.Binds = append(s.Binds, nspawn.Bind{Host: in.Hosts, Machine: "/etc/hosts"})
 	}
 	switch in.Network {
 	case config.NetworkPrivate:
@@ -196,6 +207,9 @@ func Plan(in PlanInput) (nspawn.Spec, []string) {
 		// no systemd needed in the image, running in milliseconds.
 		s.AsPID2 = true
 		s.Command = []string{"sleep", "infinity"}
+		if len(in.Command) > 0 {
+			s.Command = in.Command
+		}
 	}
 	var env []string
 	if !in.Seccomp {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -34,6 +35,36 @@ type PrepareRequest struct {
 	// Path and Env extend every stage's environment inside the machine.
 	Path []string
 	Env  []string
+	// Services are started beside the job's machine, on its network
+	// (see services.go); ServiceEnv is the job's variables for their
+	// commands; JobLog receives warnings about them (the job log) and,
+	// with DebugServices, their output during prepare.
+	Services      []Service
+	ServiceEnv    []string
+	JobLog        io.Writer
+	DebugServices bool
+}
+
+// startOpts is one machine to start: the job's, or one of its services.
+type startOpts struct {
+	req             PrepareRequest
+	l               Layout
+	mode, imagePath string
+	// Services only: the job machine's name, the service's name and
+	// aliases, the job's network namespace and resolv.conf to join, and
+	// the command run instead of sleep (fast mode) with its environment.
+	job, service  string
+	aliases       []string
+	netns, resolv string
+	command       []string
+	env           []string
+	// hosts, when not empty, is the machine's /etc/hosts.
+	hosts string
+	// netReady is called once the machine's network exists, before
+	// systemd-nspawn starts (the job machine starts its services there).
+	netReady func(netns, resolvConf string)
+	// ready bounds the wait for the machine (else readyContext).
+	ready context.Context
 }
 
 // Prepare starts the job's machine and returns its name once it is ready.
@@ -62,6 +93,16 @@ func (m *Manager) Prepare(ctx context.Context, req PrepareRequest) (name string,
 	}
 	removed := false
 	defer func() { lk.release(removed) }()
+	if len(req.Services) > 0 && cmp.Or(m.Config.Network, config.NetworkHost) == config.NetworkNone {
+		return "", fmt.Errorf("prepare %s: the job has services: but machine.network is none; services need private (or host)", name)
+	}
+	if len(req.Services) > MaxServices {
+		return "", fmt.Errorf("prepare %s: %d services; at most %d", name, len(req.Services), MaxServices)
+	}
+	// Services of an earlier prepare of this job go first.
+	if err := m.destroyServices(ctx, name); err != nil {
+		return "", fmt.Errorf("prepare %s: remove earlier services: %w", name, err)
+	}
 	if m.exists(l) {
 		m.log().Info("removing what an earlier prepare of this job left", "machine", name)
 		dctx, cancel := m.destroyContext(ctx)
@@ -71,8 +112,21 @@ func (m *Manager) Prepare(ctx context.Context, req PrepareRequest) (name string,
 			return "", fmt.Errorf("prepare %s: remove earlier machine: %w", name, err)
 		}
 	}
+	var svc *serviceStart
 	defer func() {
+		if svc != nil {
+			// Services hold their locks (gc leaves them alone) until
+			// the job's machine is ready or gone.
+			svc.wait()
+			if err != nil {
+				svc.abandon()
+			}
+			svc.release()
+		}
 		if err != nil {
+			if cerr := m.destroyServices(ctx, name); cerr != nil {
+				m.log().Error("tearing down the failed job's services", "machine", name, "err", cerr)
+			}
 			cctx, cancel := m.destroyContext(ctx)
 			defer cancel()
 			if cerr := m.destroy(cctx, l); cerr != nil {
@@ -82,13 +136,25 @@ func (m *Manager) Prepare(ctx context.Context, req PrepareRequest) (name string,
 			}
 		}
 	}()
-	if err := m.prepare(ctx, req, l, mode, imagePath); err != nil {
+	o := startOpts{req: req, l: l, mode: mode, imagePath: imagePath}
+	if len(req.Services) > 0 {
+		o.hosts = hostsFile(req.Services)
+		o.netReady = func(netns, resolv string) {
+			svc = m.startServices(ctx, req, name, netns, resolv, o.hosts)
+		}
+	}
+	if err := m.prepare(ctx, o); err != nil {
 		return "", fmt.Errorf("prepare %s: %w", name, err)
+	}
+	if svc != nil {
+		svc.wait()
+		svc.report()
 	}
 	return name, nil
 }
 
-func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mode, imagePath string) error {
+func (m *Manager) prepare(ctx context.Context, o startOpts) error {
+	req, l, mode, imagePath := o.req, o.l, o.mode, o.imagePath
 	var st unix.Stat_t
 	if err := unix.Stat(imagePath, &st); err != nil {
 		return fmt.Errorf("stat image %s: %w", imagePath, err)
@@ -110,6 +176,7 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 		// An empty mode (a Config not from config.Load) is host.
 		Network: cmp.Or(m.Config.Network, config.NetworkHost),
 		Path:    req.Path, Env: req.Env, Binds: req.Binds, Created: time.Now().UTC(),
+		Job: o.job, Service: o.service, Aliases: o.aliases,
 	}
 	if storage != StorageVolatile {
 		rec.Tree, rec.MachineDir = l.Tree, l.MachineDir
@@ -129,6 +196,16 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 	// whatever filesystem the run directory is on.
 	if _, err := mount.Tmpfs(l.Scripts, scriptsSize, 0o700); err != nil {
 		return err
+	}
+	if len(o.command) > 0 {
+		if err := writeServiceEnv(l, o.env); err != nil {
+			return err
+		}
+	}
+	if o.hosts != "" {
+		if err := os.WriteFile(l.Hosts, []byte(o.hosts), 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", l.Hosts, err)
+		}
 	}
 	if err := m.makeStorage(l, storage, imagePath); err != nil {
 		return err
@@ -155,8 +232,23 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 		m.log().Warn("no cgroup v2: machines share our cgroup and limits cannot be applied", "err", cgErr)
 	}
 	in := PlanInput{Layout: l, ImagePath: imagePath, Storage: storage, Mode: mode, Seccomp: m.Config.Seccomp, Binds: req.Binds, Host: host, Limits: m.limits()}
-	if err := m.attachNetwork(l, rec, &in); err != nil {
+	if o.hosts != "" {
+		in.Hosts = l.Hosts
+	}
+	if len(o.command) > 0 {
+		in.Command = serviceCommand(o.command)
+	}
+	if o.job != "" {
+		// A service joins its job's network namespace (or the host's).
+		in.Network = rec.Network
+		if rec.Network == config.NetworkPrivate {
+			in.NetNS, in.ResolvConf = o.netns, o.resolv
+		}
+	} else if err := m.attachNetwork(l, rec, &in); err != nil {
 		return err
+	}
+	if o.netReady != nil {
+		o.netReady(in.NetNS, in.ResolvConf)
 	}
 	spec, env := Plan(in)
 	logf, err := os.OpenFile(l.Log, os.O_WRONLY|os.O_CREATE|os.O_APPEND|unix.O_CLOEXEC, 0o600)
@@ -177,7 +269,7 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 	if err := writeRecord(l.Record, rec); err != nil {
 		return err
 	}
-	rctx, stop := m.readyContext(ctx, l.Log)
+	rctx, stop := m.readyContext(cmp.Or(o.ready, ctx), l.Log)
 	defer stop()
 	leader, err := p.WaitReady(rctx, mode == config.ModeBoot)
 	if err != nil {
@@ -198,7 +290,7 @@ func (m *Manager) prepare(ctx context.Context, req PrepareRequest, l Layout, mod
 	if err := writeRecord(l.Record, rec); err != nil {
 		return err
 	}
-	m.log().Info("machine ready", "machine", l.Name, "image", req.Image, "mode", mode, "storage", storage, "network", rec.Network, "address", rec.Address, "leader", leader)
+	m.log().Info("machine ready", "machine", l.Name, "service", o.service, "image", req.Image, "mode", mode, "storage", storage, "network", rec.Network, "address", rec.Address, "leader", leader)
 	return nil
 }
 

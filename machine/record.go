@@ -58,6 +58,11 @@ type Record struct {
 	Env     []string  `json:"env,omitempty"`
 	Binds   []Bind    `json:"binds,omitempty"`
 	Created time.Time `json:"created"`
+	// Job is, for a service machine, its job's machine; Service the
+	// service's name and Aliases its host names.
+	Job     string   `json:"job,omitempty"`
+	Service string   `json:"service,omitempty"`
+	Aliases []string `json:"aliases,omitempty"`
 }
 
 // Bind is a host directory or file bind-mounted into a machine. It is part

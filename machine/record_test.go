@@ -26,6 +26,7 @@ func goldenRecord() *Record {
 			{Host: "/usr/bin/gitlab-runner", Machine: "/usr/local/bin/gitlab-runner", ReadOnly: true},
 		},
 		Created: time.Date(2026, 12, 4, 5, 30, 0, 123456789, time.UTC),
+		Job:     "nr-42-0123456789ab", Service: "postgres:16", Aliases: []string{"db", "postgres"},
 	}
 }
 
@@ -76,6 +77,8 @@ func TestRecordUntaggedBinds(t *testing.T) {
 	// That file predates the network fields.
 	want := goldenRecord()
 	want.Network, want.Address = "", ""
+	// And the service fields.
+	want.Job, want.Service, want.Aliases = "", "", nil
 	if !reflect.DeepEqual(r, want) {
 		t.Errorf("readRecord(testdata/record-untagged-binds.json) = %+v, want %+v", r, want)
 	}

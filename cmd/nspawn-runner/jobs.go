@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -53,6 +54,26 @@ func (g *globals) job(idFlag string) (gitlab.Job, error) {
 	return job, err
 }
 
+// services are the job's services: their images chosen like image: but
+// by services' own rule, their aliases, and the ports their images'
+// metadata declare.
+func (g *globals) services() ([]machine.Service, error) {
+	st := g.store()
+	list, err := gitlab.SelectServices(g.getenv, gitlab.ServiceChoice{Allowed: g.cfg.AllowedImages, CheckName: config.CheckImageName, Existing: st.Names})
+	if err != nil {
+		return nil, err
+	}
+	var out []machine.Service
+	for _, s := range list {
+		meta, err := st.ReadMeta(s.Image)
+		if err != nil {
+			g.log.Warn("service image metadata unreadable: not waiting for its ports", "image", s.Image, "err", err)
+		}
+		out = append(out, machine.Service{Name: s.Name, Image: s.Image, Ports: meta.ServicePorts, Aliases: s.Aliases, Command: s.Command})
+	}
+	return out, nil
+}
+
 // registerJobs wires the executor stages and the machine commands.
 func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 	var prep struct {
@@ -86,7 +107,15 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 		for _, n := range plan.Notices {
 			fmt.Fprintln(g.stderr, n)
 		}
-		req := machine.PrepareRequest{JobID: job.ID, Key: job.Key, Image: image, Mode: prep.mode, Path: plan.Path}
+		services, err := g.services()
+		if err != nil {
+			return err
+		}
+		req := machine.PrepareRequest{JobID: job.ID, Key: job.Key, Image: image, Mode: prep.mode, Path: plan.Path,
+			Services: services, JobLog: g.stderr, DebugServices: g.getenv("CUSTOM_ENV_CI_DEBUG_SERVICES") == "true"}
+		if len(services) > 0 && g.environ != nil {
+			req.ServiceEnv = gitlab.JobVariables(g.environ())
+		}
 		for _, m := range plan.Mounts {
 			req.Binds = append(req.Binds, machine.Bind{Host: m.Host, Machine: m.Machine, ReadOnly: m.ReadOnly})
 		}
@@ -95,6 +124,9 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 			return err
 		}
 		fmt.Fprintf(g.stdout, "Machine %s is running image %s\n", name, image)
+		for _, s := range services {
+			fmt.Fprintf(g.stdout, "Service %s runs image %s, reachable as %s\n", s.Name, s.Image, strings.Join(s.Aliases, ", "))
+		}
 		return nil
 	}}
 
@@ -190,7 +222,12 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 		w := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(w, "MACHINE\tJOB\tIMAGE\tMODE\tSTORAGE\tAGE\tMEMORY\tSTATE")
 		for _, s := range list {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%.1fM\t%s\n", s.Name, s.JobID, s.Image, s.Mode, s.Storage, s.Age, float64(s.Memory)/(1<<20), s.State)
+			name, image := s.Name, s.Image
+			if s.Job != "" {
+				// Services follow their job (names sort so), indented.
+				name, image = "  "+name, image+" (service "+s.Service+")"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%.1fM\t%s\n", name, s.JobID, image, s.Mode, s.Storage, s.Age, float64(s.Memory)/(1<<20), s.State)
 		}
 		return w.Flush()
 	}}

@@ -41,7 +41,10 @@ type globals struct {
 	runDir     string
 	configPath string
 
-	getenv         func(string) string
+	getenv func(string) string
+	// environ is the whole environment (nil in tests that give only
+	// getenv): job variables for services' commands.
+	environ        func() []string
 	stdout, stderr io.Writer
 
 	cfg config.Config
@@ -112,7 +115,9 @@ func newApp(g *globals) (*kingpin.Application, commands) {
 
 func main() {
 	stagetrace.Mark("start")
-	code := run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	g := &globals{getenv: os.Getenv, environ: os.Environ, stdout: os.Stdout, stderr: os.Stderr}
+	app, cmds := newApp(g)
+	code := execute(app, cmds, g, os.Args[1:])
 	stagetrace.Mark("exit")
 	stagetrace.Flush()
 	os.Exit(code)
