@@ -87,6 +87,11 @@ type Machine struct {
 	Storage string `yaml:"storage"`
 	// Seccomp keeps systemd-nspawn's system call filter on.
 	Seccomp bool `yaml:"seccomp"`
+	// PrivateUsers runs the machine in a user namespace of its own: the
+	// job's root is an unprivileged uid range on the host
+	// (systemd-nspawn --private-users=pick with idmapped mounts). It
+	// needs btrfs storage.
+	PrivateUsers bool `yaml:"private_users"`
 	// CPUWeight is the cgroup v2 cpu.weight (1-10000).
 	CPUWeight int `yaml:"cpu_weight"`
 	// MemoryHigh and MemoryMax are bytes ("2G") or a share of host RAM ("30%").
@@ -386,6 +391,9 @@ func (c *Config) validate(root *yaml.Node) error {
 	case StorageAuto, StorageBtrfs, StorageOverlay, StorageVolatile:
 	default:
 		return fieldError(root, "machine.storage", "must be one of auto, btrfs, overlay, volatile, got %q", m.Storage)
+	}
+	if m.PrivateUsers && (m.Storage == StorageOverlay || m.Storage == StorageVolatile) {
+		return fieldError(root, "machine.private_users", "needs btrfs storage (machine.storage auto or btrfs, images on btrfs): the kernel cannot idmap an overlayfs root, got storage %s", m.Storage)
 	}
 	if m.CPUWeight < 1 || m.CPUWeight > 10000 {
 		return fieldError(root, "machine.cpu_weight", "must be between 1 and 10000, got %d", m.CPUWeight)

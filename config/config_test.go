@@ -37,8 +37,9 @@ bootstrap:
   packages: [build-essential, g++]
 machine:
   mode: fast
-  storage: overlay
+  storage: btrfs
   seccomp: false
+  private_users: true
   cpu_weight: 200
   memory_high: 2G
   memory_max: 50%
@@ -63,7 +64,7 @@ gitlab:
 		t.Errorf("bootstrap = %+v", c.Bootstrap)
 	}
 	m := c.Machine
-	if m.Mode != ModeFast || m.Storage != StorageOverlay || m.Seccomp || m.CPUWeight != 200 || m.TasksMax != 4096 || m.Shell != "sh" {
+	if m.Mode != ModeFast || m.Storage != StorageBtrfs || m.Seccomp || !m.PrivateUsers || m.CPUWeight != 200 || m.TasksMax != 4096 || m.Shell != "sh" {
 		t.Errorf("machine = %+v", m)
 	}
 	if m.MemoryHigh.Bytes != 2<<30 || m.MemoryMax.Percent != 50 {
@@ -103,6 +104,8 @@ func TestParseErrors(t *testing.T) {
 		{"machine:\n  shell: \"\"\n", []string{"line 2", "machine.shell"}},
 		{"machine:\n  cgroup_parent: ../escape\n", []string{"line 2", "machine.cgroup_parent"}},
 		{"machine:\n  cgroup_parent: /abs\n", []string{"line 2", "machine.cgroup_parent"}},
+		{"machine:\n  storage: overlay\n  private_users: true\n", []string{"line 3", "machine.private_users", "btrfs"}},
+		{"machine:\n  private_users: true\n  storage: volatile\n", []string{"machine.private_users", "btrfs"}},
 		{"root: relative/dir\n", []string{"line 1", "root", "absolute"}},
 		{"run_dir: run\n", []string{"line 1", "run_dir"}},
 		{"gitlab:\n  cache_dir: cache\n", []string{"line 2", "gitlab.cache_dir"}},

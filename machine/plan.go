@@ -153,6 +153,8 @@ type PlanInput struct {
 	// Command, in fast mode, runs instead of the sleeping payload (a
 	// service's command).
 	Command []string
+	// PrivateUsers gives the machine a user namespace of its own.
+	PrivateUsers bool
 }
 
 // Plan returns the systemd-nspawn arguments and its extra environment.
@@ -167,7 +169,22 @@ func Plan(in PlanInput) (nspawn.Spec, []string) {
 		Binds:        []nspawn.Bind{{Host: in.Layout.Scripts, Machine: ScriptDir, ReadOnly: true}},
 	}
 	for _, b := range in.Binds {
-		s.Binds = append(s.Binds, nspawn.Bind{Host: b.Host, Machine: b.Machine, ReadOnly: b.ReadOnly})
+		// With private users, writable binds (cache, builds) are
+		// idmapped: the job's root reads and writes them as the host's
+		// root, whatever range the machine got. Read-only ones (the
+		// runner binary) only need to be readable: they show as owned
+		// by nobody, and need no idmap support of their filesystem.
+		s.Binds = append(s.Binds, nspawn.Bind{Host: b.Host, Machine: b.Machine, ReadOnly: b.ReadOnly, IDMap: in.PrivateUsers && !b.ReadOnly})
+	}
+	if in.PrivateUsers {
+		// pick: systemd-nspawn chooses a free 65536-id range (hashed
+		// from the machine name, checked against the host's users and
+		// locked under /run/systemd/nspawn-uid while it runs), so
+		// concurrent machines never share one. map: the root tree is
+		// an idmapped mount, so a snapshot needs no chown and what the
+		// job writes there belongs to the host's root.
+		s.PrivateUsers = "pick"
+		s.PrivateUsersOwnership = "map"
 	}
 	if !in.Host.NoBus {
 		s.Properties = properties(in.Limits)

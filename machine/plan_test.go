@@ -105,6 +105,13 @@ func TestPlan(t *testing.T) {
 		{"private network", PlanInput{Layout: l, Storage: StorageBtrfs, Mode: config.ModeFast, Seccomp: true, Network: config.NetworkPrivate, NetNS: "/run/x/machines/m/netns", ResolvConf: "/run/x/machines/m/resolv.conf"},
 			[]string{"--network-namespace-path=/run/x/machines/m/netns", "--private-network", "--resolv-conf=off", "--bind-ro=/run/x/machines/m/resolv.conf:/etc/resolv.conf"},
 			[]string{"--resolv-conf=copy-host"}, nil},
+		{"private users", PlanInput{Layout: l, Storage: StorageBtrfs, Mode: config.ModeBoot, Seccomp: true, PrivateUsers: true, Network: config.NetworkPrivate, NetNS: "/n", ResolvConf: "/rc",
+			Binds: []Bind{{Host: "/cache/p", Machine: "/cache"}, {Host: "/usr/bin/gitlab-runner", Machine: "/usr/local/lib/nspawn-runner/bin/gitlab-runner", ReadOnly: true}}},
+			[]string{"--private-users=pick", "--private-users-ownership=map", "--bind=/cache/p:/cache:idmap", "--bind-ro=/usr/bin/gitlab-runner:/usr/local/lib/nspawn-runner/bin/gitlab-runner",
+				"--bind-ro=/run/x/machines/nr-1-0123456789ab/scripts:/run/nspawn-runner", "--bind-ro=/rc:/etc/resolv.conf"},
+			nil, nil},
+		{"no private users", PlanInput{Layout: l, Storage: StorageBtrfs, Mode: config.ModeFast, Seccomp: true, Binds: []Bind{{Host: "/cache/p", Machine: "/cache"}}},
+			[]string{"--bind=/cache/p:/cache"}, []string{"--private-users=pick", "--private-users-ownership=map", "--bind=/cache/p:/cache:idmap"}, nil},
 		{"no network", PlanInput{Layout: l, Storage: StorageBtrfs, Mode: config.ModeFast, Seccomp: true, Network: config.NetworkNone},
 			[]string{"--private-network"}, []string{"--resolv-conf=off"}, nil},
 	} {

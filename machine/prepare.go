@@ -169,13 +169,19 @@ func (m *Manager) prepare(ctx context.Context, o startOpts) error {
 	if err != nil {
 		return err
 	}
+	if m.Config.PrivateUsers {
+		if err := checkPrivateUsers(storage, imagePath); err != nil {
+			return err
+		}
+	}
 	rec := &Record{
 		Name: l.Name, JobID: req.JobID, State: StatePreparing, Mode: mode, Storage: storage,
 		Image: req.Image, ImagePath: imagePath, ImageDev: uint64(st.Dev), ImageIno: st.Ino,
 		RunDir: l.RunDir, Cgroup: l.Cgroup,
 		// An empty mode (a Config not from config.Load) is host.
-		Network: cmp.Or(m.Config.Network, config.NetworkHost),
-		Path:    req.Path, Env: req.Env, Binds: req.Binds, Created: time.Now().UTC(),
+		Network:      cmp.Or(m.Config.Network, config.NetworkHost),
+		PrivateUsers: m.Config.PrivateUsers,
+		Path:         req.Path, Env: req.Env, Binds: req.Binds, Created: time.Now().UTC(),
 		Job: o.job, Service: o.service, Aliases: o.aliases,
 	}
 	if storage != StorageVolatile {
@@ -231,7 +237,7 @@ func (m *Manager) prepare(ctx context.Context, o startOpts) error {
 	default:
 		m.log().Warn("no cgroup v2: machines share our cgroup and limits cannot be applied", "err", cgErr)
 	}
-	in := PlanInput{Layout: l, ImagePath: imagePath, Storage: storage, Mode: mode, Seccomp: m.Config.Seccomp, Binds: req.Binds, Host: host, Limits: m.limits()}
+	in := PlanInput{Layout: l, ImagePath: imagePath, Storage: storage, Mode: mode, Seccomp: m.Config.Seccomp, Binds: req.Binds, Host: host, Limits: m.limits(), PrivateUsers: m.Config.PrivateUsers}
 	if o.hosts != "" {
 		in.Hosts = l.Hosts
 	}
@@ -274,13 +280,18 @@ func (m *Manager) prepare(ctx context.Context, o startOpts) error {
 	leader, err := p.WaitReady(rctx, mode == config.ModeBoot)
 	if err != nil {
 		// A host limit that ran out fails at once, naming the limit.
-		return limitCause(rctx, err)
+		return idmapCause(l.Log, l.Tree, limitCause(rctx, err))
 	}
 	ls, err := ns.ReadStat(leader)
 	if err != nil {
 		return fmt.Errorf("machine leader: %w", err)
 	}
 	rec.LeaderPID, rec.LeaderStart, rec.State = leader, ls.StartTime, StateRunning
+	if rec.PrivateUsers {
+		if rec.UIDShift, err = m.adoptRunFiles(l, leader); err != nil {
+			return err
+		}
+	}
 	if !host.NoBus {
 		// systemd made the scope: find it from the leader.
 		if cg := ownCgroup(leader); cg != "" {
@@ -290,7 +301,7 @@ func (m *Manager) prepare(ctx context.Context, o startOpts) error {
 	if err := writeRecord(l.Record, rec); err != nil {
 		return err
 	}
-	m.log().Info("machine ready", "machine", l.Name, "service", o.service, "image", req.Image, "mode", mode, "storage", storage, "network", rec.Network, "address", rec.Address, "leader", leader)
+	m.log().Info("machine ready", "machine", l.Name, "service", o.service, "image", req.Image, "mode", mode, "storage", storage, "network", rec.Network, "address", rec.Address, "leader", leader, "private_users", rec.PrivateUsers, "uid_shift", rec.UIDShift)
 	return nil
 }
 

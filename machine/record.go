@@ -46,6 +46,10 @@ type Record struct {
 	// Network is the network mode; Address the private machine's address.
 	Network string `json:"network,omitempty"`
 	Address string `json:"address,omitempty"`
+	// PrivateUsers: the machine has its own user namespace, whose root
+	// is host uid and gid UIDShift (systemd-nspawn's pick).
+	PrivateUsers bool   `json:"private_users,omitempty"`
+	UIDShift     uint32 `json:"uid_shift,omitempty"`
 	// NspawnPID/NspawnStart and LeaderPID/LeaderStart: pid and start
 	// time (/proc/PID/stat field 22), so a reused pid is never taken for
 	// the machine.

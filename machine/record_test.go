@@ -18,7 +18,7 @@ func goldenRecord() *Record {
 		Tree:       "/var/lib/nspawn-runner/.machines/nr-42-0123456789ab/root",
 		MachineDir: "/var/lib/nspawn-runner/.machines/nr-42-0123456789ab",
 		RunDir:     "/run/nspawn-runner/machines/nr-42-0123456789ab", Cgroup: "nspawn-runner/nr-42-0123456789ab",
-		Network: "private", Address: "10.213.0.7",
+		Network: "private", Address: "10.213.0.7", PrivateUsers: true, UIDShift: 968425472,
 		NspawnPID: 1000, NspawnStart: 123456, LeaderPID: 1001, LeaderStart: 123460,
 		Path: []string{"/usr/local/bin/gitlab-runner-dir"}, Env: []string{"A=b"},
 		Binds: []Bind{
@@ -74,11 +74,12 @@ func TestRecordUntaggedBinds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// That file predates the network fields.
+	// That file predates the network and user namespace fields.
 	want := goldenRecord()
 	want.Network, want.Address = "", ""
 	// And the service fields.
 	want.Job, want.Service, want.Aliases = "", "", nil
+	want.PrivateUsers, want.UIDShift = false, 0
 	if !reflect.DeepEqual(r, want) {
 		t.Errorf("readRecord(testdata/record-untagged-binds.json) = %+v, want %+v", r, want)
 	}

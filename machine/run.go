@@ -86,6 +86,13 @@ func (m *Manager) Run(ctx context.Context, req RunRequest) error {
 		return fmt.Errorf("run: %w", err)
 	}
 	defer os.Remove(hostScript)
+	if rec.PrivateUsers {
+		// The machine's root is not the host's: the copy (0600) must be
+		// its own to be readable (adoptRunFiles).
+		if err := os.Chown(hostScript, int(rec.UIDShift), int(rec.UIDShift)); err != nil {
+			return fmt.Errorf("run: give the script to the machine's root: %w", err)
+		}
+	}
 	stagetrace.Mark("script")
 
 	// A cgroup of its own under the machine's: limits apply, and a

@@ -111,3 +111,38 @@ func startInUserNS(leader *Proc, c Cmd) (*exec.Cmd, error) {
 	}
 	return nil, fmt.Errorf("start %s in the machine of pid %d: %s", c.Path, leader.PID, text)
 }
+
+// ReadIDMap returns the host id that uid 0 of pid's user namespace maps to
+// and the length of that mapping (the first line of /proc/PID/uid_map,
+// user_namespaces(7)). In our own namespace it is 0 and 4294967295.
+func ReadIDMap(pid int) (shift, size uint32, err error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/uid_map")
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ESRCH) {
+			return 0, 0, fmt.Errorf("pid %d: %w", pid, ErrGone)
+		}
+		return 0, 0, fmt.Errorf("read the uid map of pid %d: %w", pid, err)
+	}
+	return ParseIDMap(string(b))
+}
+
+// ParseIDMap parses a uid_map or gid_map and returns the outside id and
+// length of the line that maps inside id 0.
+func ParseIDMap(s string) (shift, size uint32, err error) {
+	for _, line := range strings.Split(s, "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			continue
+		}
+		var v [3]uint64
+		for i := range f {
+			if v[i], err = strconv.ParseUint(f[i], 10, 32); err != nil {
+				return 0, 0, fmt.Errorf("parse id map line %q: %w", line, err)
+			}
+		}
+		if v[0] == 0 {
+			return uint32(v[1]), uint32(v[2]), nil
+		}
+	}
+	return 0, 0, fmt.Errorf("parse id map: no mapping of id 0 in %q", s)
+}

@@ -114,3 +114,26 @@ func TestStartInUserNSErrors(t *testing.T) {
 		t.Errorf("Start(dead leader) = %v, want ErrGone", err)
 	}
 }
+
+func TestParseIDMap(t *testing.T) {
+	for _, tc := range []struct {
+		in          string
+		shift, size uint32
+		ok          bool
+	}{
+		{"         0  968425472      65536\n", 968425472, 65536, true},
+		{"         0          0 4294967295\n", 0, 4294967295, true},
+		{"1000 5000 1\n0 100000 1000\n", 100000, 1000, true},
+		{"", 0, 0, false},
+		{"1 2 3\n", 0, 0, false},
+		{"0 x 3\n", 0, 0, false},
+	} {
+		shift, size, err := ParseIDMap(tc.in)
+		if (err == nil) != tc.ok || shift != tc.shift || size != tc.size {
+			t.Errorf("ParseIDMap(%q) = %d, %d, %v, want %d, %d (ok %v)", tc.in, shift, size, err, tc.shift, tc.size, tc.ok)
+		}
+	}
+	if _, size, err := ReadIDMap(os.Getpid()); err != nil || size == 0 {
+		t.Errorf("ReadIDMap(self) = %d, %v, want a mapping of 0", size, err)
+	}
+}

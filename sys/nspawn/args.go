@@ -7,6 +7,10 @@ type Bind struct {
 	Host     string
 	Machine  string
 	ReadOnly bool
+	// IDMap adds the idmap option: with --private-users, the machine's
+	// uid z reads and writes the host's uid z under this mount (not
+	// shift+z), so its files keep their host owners.
+	IDMap bool
 }
 
 // Spec describes one systemd-nspawn invocation. Args turns it into argv.
@@ -50,6 +54,12 @@ type Spec struct {
 	// PrivateNetwork gives the machine a network namespace with only a
 	// loopback device (--private-network).
 	PrivateNetwork bool
+	// PrivateUsers is --private-users= ("pick", "yes", "SHIFT:RANGE");
+	// empty for none.
+	PrivateUsers string
+	// PrivateUsersOwnership is --private-users-ownership= ("map":
+	// an idmapped mount of the root, so the tree needs no chown).
+	PrivateUsersOwnership string
 	// Binds are bind mounts into the machine.
 	Binds []Bind
 	// Env is --setenv=KEY=VALUE for the machine's init or command.
@@ -119,6 +129,12 @@ func Args(s Spec) []string {
 	if s.PrivateNetwork {
 		add("--private-network")
 	}
+	if s.PrivateUsers != "" {
+		add("--private-users=" + s.PrivateUsers)
+	}
+	if s.PrivateUsersOwnership != "" {
+		add("--private-users-ownership=" + s.PrivateUsersOwnership)
+	}
 	if s.Slice != "" {
 		add("--slice=" + s.Slice)
 	}
@@ -130,7 +146,11 @@ func Args(s Spec) []string {
 		if b.ReadOnly {
 			flag = "--bind-ro="
 		}
-		add(flag + escapeColon(b.Host) + ":" + escapeColon(b.Machine))
+		opts := ""
+		if b.IDMap {
+			opts = ":idmap"
+		}
+		add(flag + escapeColon(b.Host) + ":" + escapeColon(b.Machine) + opts)
 	}
 	for _, e := range s.Env {
 		add("--setenv=" + e)

@@ -20,6 +20,8 @@ func TestArgs(t *testing.T) {
 			[]string{`--bind-ro=/a\:b:/c`, "--bind=/x:/y"}},
 		{"network namespace", Spec{NetworkNamespacePath: "/run/x/netns", ResolvConf: "off"},
 			[]string{"--resolv-conf=off", "--network-namespace-path=/run/x/netns"}},
+		{"private users", Spec{PrivateUsers: "pick", PrivateUsersOwnership: "map", Binds: []Bind{{Host: "/c", Machine: "/cache", IDMap: true}, {Host: "/r", Machine: "/r", ReadOnly: true}}},
+			[]string{"--private-users=pick", "--private-users-ownership=map", "--bind=/c:/cache:idmap", "--bind-ro=/r:/r"}},
 		{"private network", Spec{PrivateNetwork: true}, []string{"--private-network"}},
 		{"volatile", Spec{Volatile: "overlay", ReadOnly: true, SuppressSync: true},
 			[]string{"--volatile=overlay", "--read-only", "--suppress-sync=yes"}},
