@@ -6,6 +6,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,6 +60,28 @@ const tcpsvcPlaybook = `- hosts: all
         state: link
 `
 
+// relay serves on 7002 what db:7000 answers, per connection.
+const relay = `import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7002))
+s.listen(4)
+while True:
+    c, _ = s.accept()
+    try:
+        d = socket.create_connection(("db", 7000), timeout=5)
+        c.sendall(d.recv(100))
+        d.close()
+    except OSError as e:
+        c.sendall(("relay-failed-" + type(e).__name__ + "\\n").encode())
+    c.close()
+`
+
+func strconvQuote(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}
+
 // newServiceHost is a private-network host with the images bookworm,
 // tcpsvc (built from tcpsvcPlaybook by chroot-maintenance) and hidden
 // (outside allowed_images).
@@ -105,7 +128,10 @@ func TestServices(t *testing.T) {
 	j1 := h.newJob()
 	t.Cleanup(func() { j1.call("cleanup") })
 	services := `[{"name":"registry.example.com/group/tcpsvc:1","alias":"db,cache","entrypoint":null,"command":null},` +
-		`{"name":"tcpsvc:cmd","alias":"cmd","entrypoint":["/usr/local/bin/tcpsvc"],"command":["7001"]}]`
+		`{"name":"tcpsvc:cmd","alias":"cmd","entrypoint":["/usr/local/bin/tcpsvc"],"command":["7001"]},` +
+		// Services reach each other by alias: this one answers with what
+		// db:7000 says.
+		`{"name":"tcpsvc:relay","alias":"relay","command":["python3","-c",` + strconvQuote(relay) + `]}]`
 	r := j1.prepareWith(services, "CUSTOM_ENV_GREETING=from-the-job", "CUSTOM_ENV_CI_DEBUG_SERVICES=true")
 	if r.code != 0 {
 		t.Fatalf("prepare: exit %d\n%s", r.code, r.stderr)
@@ -122,9 +148,10 @@ func TestServices(t *testing.T) {
 		probe("derived", "registry.example.com__group__tcpsvc:7000"),
 		probe("derived2", "registry.example.com-group-tcpsvc:7000"),
 		probe("command", "cmd:7001"),
+		probe("relay", "relay:7002"),
 	}, "\n")
 	out := results(j1.must("run", j1.script("probe", script), "build_script").stdout)
-	for k, v := range map[string]string{"alias": "ok:tcpsvc", "alias2": "ok:tcpsvc", "derived": "ok:tcpsvc", "derived2": "ok:tcpsvc", "command": "ok:from-the-job"} {
+	for k, v := range map[string]string{"alias": "ok:tcpsvc", "alias2": "ok:tcpsvc", "derived": "ok:tcpsvc", "derived2": "ok:tcpsvc", "command": "ok:from-the-job", "relay": "ok:tcpsvc"} {
 		if out[k] != v {
 			t.Errorf("job 1: %s = %q, want %q", k, out[k], v)
 		}
@@ -143,8 +170,8 @@ func TestServices(t *testing.T) {
 			services1++
 		}
 	}
-	if services1 != 2 {
-		t.Errorf("ps lists %d running services of %s, want 2:\n%s", services1, jobName, ps.stdout)
+	if services1 != 3 {
+		t.Errorf("ps lists %d running services of %s, want 3:\n%s", services1, jobName, ps.stdout)
 	}
 
 	// Another job reaches none of them: not on its loopback, not at the
@@ -229,4 +256,55 @@ func TestServicesKilled(t *testing.T) {
 	if left := netLeftovers(t, h, w); len(left) > 0 {
 		t.Errorf("left after cleanup and gc: %s", strings.Join(left, "; "))
 	}
+}
+
+// A real Redis from Debian packages, from the shipped example playbook
+// (examples/redis.yaml; it installs redis-server from the mirror, so this
+// test needs the network a chroot-create needs), reached by its derived
+// name and by an alias.
+func TestServicesRedisExample(t *testing.T) {
+	h, _ := newServiceHost(t)
+	pb, err := os.ReadFile("../examples/redis.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := os.ReadFile(h.config)
+	pbDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(pbDir, "redis.yaml"), pb, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg = []byte(strings.Replace(string(cfg), "allowed_images: [bookworm, tcpsvc]", "allowed_images: [bookworm, tcpsvc, redis]", 1) + "")
+	cfg = []byte(strings.Replace(string(cfg), "playbook_dirs: [", "playbook_dirs: ["+pbDir+", ", 1))
+	if err := os.WriteFile(h.config, cfg, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := btrfs.Snapshot(filepath.Join(h.root, "bookworm"), filepath.Join(h.root, "redis")); err != nil {
+		t.Fatal(err)
+	}
+	// The playbook fetches packages: run it in the real host's network.
+	ns := h.netNS
+	h.netNS = ""
+	r := h.exec(context.Background(), nil, "", "chroot-maintenance", "redis")
+	h.netNS = ns
+	if r.code != 0 {
+		t.Fatalf("chroot-maintenance redis: exit %d\n%s", r.code, r.stderr)
+	}
+	j := h.newJob()
+	t.Cleanup(func() { j.call("cleanup") })
+	r = j.prepareWith(`[{"name":"docker.io/library/redis:7","alias":"cache"}]`)
+	if r.code != 0 || strings.Contains(r.stderr, "WARNING") {
+		t.Fatalf("prepare: exit %d\n%s", r.code, r.stderr)
+	}
+	ping := func(name, host string) string {
+		return fmt.Sprintf(`exec 3<>/dev/tcp/%s/6379; printf 'PING\r\n' >&3; read -t 5 l <&3; echo %s=${l%%$'\r'}; exec 3>&-`, host, name)
+	}
+	script := strings.Join([]string{ping("alias", "cache"), ping("derived", "docker.io__library__redis")}, "\n")
+	out := results(j.must("run", j.script("ping", script), "build_script").stdout)
+	for _, k := range []string{"alias", "derived"} {
+		if out[k] != "+PONG" {
+			t.Errorf("redis via %s: %q, want +PONG", k, out[k])
+		}
+	}
+	j.must("cleanup")
+	h.assertClean(t)
 }

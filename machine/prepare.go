@@ -65,6 +65,11 @@ type startOpts struct {
 	netReady func(netns, resolvConf string)
 	// ready bounds the wait for the machine (else readyContext).
 	ready context.Context
+	// stayPreparing leaves the record preparing once the machine is up:
+	// a job machine with services is running only when they are ready,
+	// so that a prepare killed while it waits for them leaves garbage gc
+	// recognises.
+	stayPreparing bool
 }
 
 // Prepare starts the job's machine and returns its name once it is ready.
@@ -139,6 +144,7 @@ func (m *Manager) Prepare(ctx context.Context, req PrepareRequest) (name string,
 	o := startOpts{req: req, l: l, mode: mode, imagePath: imagePath}
 	if len(req.Services) > 0 {
 		o.hosts = hostsFile(req.Services)
+		o.stayPreparing = true
 		o.netReady = func(netns, resolv string) {
 			svc = m.startServices(ctx, req, name, netns, resolv, o.hosts)
 		}
@@ -149,6 +155,14 @@ func (m *Manager) Prepare(ctx context.Context, req PrepareRequest) (name string,
 	if svc != nil {
 		svc.wait()
 		svc.report()
+		rec, err := readRecord(l.Record)
+		if err != nil {
+			return "", fmt.Errorf("prepare %s: %w", name, err)
+		}
+		rec.State = StateRunning
+		if err := writeRecord(l.Record, rec); err != nil {
+			return "", fmt.Errorf("prepare %s: %w", name, err)
+		}
 	}
 	return name, nil
 }
@@ -291,6 +305,9 @@ func (m *Manager) prepare(ctx context.Context, o startOpts) error {
 		if rec.UIDShift, err = m.adoptRunFiles(l, leader); err != nil {
 			return err
 		}
+	}
+	if o.stayPreparing {
+		rec.State = StatePreparing
 	}
 	if !host.NoBus {
 		// systemd made the scope: find it from the leader.

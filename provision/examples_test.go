@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +26,8 @@ func TestExamplePlaybooks(t *testing.T) {
 	want := map[string]Vars{
 		"bookworm": {Suite: "bookworm"},
 		"sid":      {Suite: "sid", Recreate: true},
+		"postgres": {Suite: "bookworm", ServicePorts: []int{5432}},
+		"redis":    {Suite: "bookworm", ServicePorts: []int{6379}},
 	}
 	for name, w := range want {
 		p := d.Playbooks[name]
@@ -36,7 +39,7 @@ func TestExamplePlaybooks(t *testing.T) {
 		if err != nil || len(warns) > 0 {
 			t.Errorf("ReadVars(%s) = %v, %q", p, err, warns)
 		}
-		if v.Suite != w.Suite || v.Recreate != w.Recreate {
+		if v.Suite != w.Suite || v.Recreate != w.Recreate || !slices.Equal(v.ServicePorts, w.ServicePorts) {
 			t.Errorf("ReadVars(%s) = %+v, want %+v", p, v, w)
 		}
 	}
