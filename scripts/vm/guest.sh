@@ -4,15 +4,31 @@
 # mounts the cached job image (second disk), runs the guest tests with
 # their output on the second serial port, prints the exit marker the host
 # waits for, and powers off.
+#
+# Reboots: a test that needs one (TestVMReboot) leaves $state behind. Then
+# this script prints "nr-vm-suite: reboot" instead of the exit marker and
+# resets the machine at once (sysrq b: a crash, not a clean shutdown); the
+# host boots the same disk again, and on that boot only TestVMReboot runs
+# (it finds $state and checks what survived). The exit marker carries the
+# worst status of all boots.
 out=/dev/ttyS1
 stty -F "$out" raw -echo 2>/dev/null
 exec >"$out" 2>&1
 in=/mnt/inputs
 . "$in/env"
+state=/var/lib/nr-vm-reboot/state.json
+status=/var/lib/nr-vm-suite.status
 echo "nr-vm-suite: guest userspace up at $(cut -d' ' -f1 /proc/uptime)s (profile $PROFILE, $(systemctl --version | head -n 1), $(uname -r))"
-state=$(systemctl is-system-running --wait)
-echo "nr-vm-suite: system $state at $(cut -d' ' -f1 /proc/uptime)s"
-[ "$state" = running ] || systemctl --failed --no-pager
+sysstate=$(systemctl is-system-running --wait)
+echo "nr-vm-suite: system $sysstate at $(cut -d' ' -f1 /proc/uptime)s"
+[ "$sysstate" = running ] || systemctl --failed --no-pager
+
+after_reboot=
+if [ -e "$state" ]; then
+	after_reboot=1
+	TESTS='^TestVMReboot$'
+	echo "nr-vm-suite: after the reboot: running $TESTS"
+fi
 
 rc=0
 cache=/var/cache/nspawn-runner-test
@@ -34,6 +50,17 @@ if [ "$rc" = 0 ]; then
 		echo "nr-vm-suite: guest journal, warnings and worse:"
 		journalctl -b --no-pager -p warning | tail -n 80
 	fi
+fi
+if [ -z "$after_reboot" ] && [ -e "$state" ]; then
+	echo "$rc" >"$status"
+	echo "nr-vm-suite: reboot (a reset in the middle of a job; status so far $rc)"
+	sync
+	echo b >/proc/sysrq-trigger
+	sleep 600
+fi
+if [ -n "$after_reboot" ]; then
+	before=$(cat "$status" 2>/dev/null || echo 3)
+	[ "$before" -gt "$rc" ] && rc=$before
 fi
 echo "nr-vm-suite: exit $rc"
 sync
