@@ -8,6 +8,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
 )
@@ -48,6 +51,8 @@ func TestVM(t *testing.T) {
 		{"Cancel", vmCancel},
 		{"KilledNspawnThenGC", vmKilledNspawnThenGC},
 		{"Concurrent", vmConcurrent},
+		{"Maintenance", vmMaintenance},
+		{"PrivateNetwork", vmPrivateNetwork},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.f(t, rs) })
 	}
@@ -80,8 +85,12 @@ func configure(t *testing.T, r *Runner, mode, extra string) {
 		switch {
 		case l == "machine:":
 			in = true
-			// The guest has no network and no DNS server for a private one.
-			out = append(out, l, "  ready_timeout: 300s", "  mode: "+mode, "  network: host")
+			out = append(out, l, "  ready_timeout: 300s", "  mode: "+mode)
+			// The guest has no network and no DNS server for a private
+			// one but the one vmPrivateNetwork starts.
+			if !strings.Contains(extra, "network:") {
+				out = append(out, "  network: host")
+			}
 			if extra != "" {
 				out = append(out, strings.Split(strings.TrimRight(extra, "\n"), "\n")...)
 			}
@@ -215,9 +224,13 @@ func vmLimits(t *testing.T, rs map[string]*Runner) {
 							t.Errorf("%s of %s = %q (%v), want %s", file, cg, got, err, v)
 						}
 					}
-					// machined knows the machine.
+					// machined knows the machine, and its unit is that scope.
 					if _, err := os.Stat(filepath.Join("/run/systemd/machines", name)); err != nil {
 						t.Errorf("machined does not know machine %s: %v", name, err)
+					}
+					out, err := exec.Command("machinectl", "show", name, "--property=Unit", "--value").Output()
+					if unit := strings.TrimSpace(string(out)); err != nil || "machine.slice/"+unit != cg {
+						t.Errorf("machinectl show %s: unit %q (%v), want the scope of %s", name, unit, err, cg)
 					}
 				},
 			})
@@ -280,9 +293,13 @@ func vmCancel(t *testing.T, rs map[string]*Runner) {
 							cg, _ = recs[0]["cgroup"].(string)
 						}
 					case "build_script":
+						// By command line: a fast machine's own payload
+						// is a sleep too (sleep infinity).
 						for _, c := range cgroupComms(cg) {
-							if strings.HasSuffix(c, ":sleep") || strings.HasSuffix(c, ":bash") {
-								t.Errorf("after run exited on SIGTERM, the stage's process %s still runs in %s", c, cg)
+							pid, _, _ := strings.Cut(c, ":")
+							cmd, _ := os.ReadFile("/proc/" + pid + "/cmdline")
+							if line := strings.ReplaceAll(strings.TrimRight(string(cmd), "\x00"), "\x00", " "); line == "sleep 1000" || strings.Contains(line, "/run/nspawn-runner/stage-") {
+								t.Errorf("after run exited on SIGTERM, the stage's process %s (%s) still runs in %s; run's stderr:\n%s", c, line, cg, s.Stderr)
 							}
 						}
 					}
@@ -390,4 +407,124 @@ func vmConcurrent(t *testing.T, rs map[string]*Runner) {
 	eightJobs(t, r)
 	r.AssertClean(t)
 	waitNoMachineUnits(t)
+}
+
+// vmMaintenance runs chroot-maintenance (ansible-playbook on a copy of the
+// image, then the swap) while a booted job runs from that image, on btrfs
+// and on overlays: the job keeps its tree and finishes, the next job gets
+// the maintained image, and gc leaves no retired tree once the job ended.
+func vmMaintenance(t *testing.T, rs map[string]*Runner) {
+	testutil.RequireBinary(t, "ansible-playbook")
+	for _, storage := range []string{"btrfs", "overlay"} {
+		t.Run(storage, func(t *testing.T) {
+			r := rs[storage]
+			configure(t, r, "boot", "")
+			dir := t.TempDir()
+			mark := "maintained-" + storage
+			playbook := "- hosts: all\n  gather_facts: false\n  tasks:\n    - name: mark the image\n" +
+				"      ansible.builtin.copy:\n        dest: /etc/nr-vm-maintained\n        content: \"" + mark + "\\n\"\n"
+			if err := os.WriteFile(filepath.Join(dir, BaseImage+".yaml"), []byte(playbook), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := os.ReadFile(r.ConfigPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg = append(cfg, []byte("\nplaybook_dirs: ["+dir+"]\n")...)
+			if err := os.WriteFile(r.ConfigPath, cfg, 0o644); err != nil {
+				t.Fatal(err)
+			}
+
+			type outcome struct {
+				out, errOut string
+				code        int
+			}
+			done := make(chan outcome, 1)
+			res := r.RunJob(t, Job{
+				// The stage runs while the maintenance does (started
+				// after get_sources); whenever the swap comes, this
+				// machine's tree is the old image.
+				Script: []string{"sleep 5", "test ! -e /etc/nr-vm-maintained", "echo old-image-kept"},
+				AfterStage: func(s StageResult) {
+					if s.Name != "get_sources" {
+						return
+					}
+					go func() {
+						out, errOut, code := r.call(context.Background(), "/", os.Environ(), append(append([]string{}, r.Global...), "chroot-maintenance", BaseImage)...)
+						done <- outcome{out, errOut, code}
+					}()
+				},
+			})
+			m := <-done
+			if m.code != 0 {
+				t.Fatalf("chroot-maintenance while a job ran: exit %d\n%s%s", m.code, m.out, m.errOut)
+			}
+			mustPass(t, res)
+			if !strings.Contains(res.Stage("build_script").Stdout, "old-image-kept") {
+				t.Errorf("the running job did not keep its tree:\n%s", res.Log)
+			}
+			res = r.RunJob(t, Job{Script: []string{"cat /etc/nr-vm-maintained"}})
+			mustPass(t, res)
+			if !strings.Contains(res.Stage("build_script").Stdout, mark) {
+				t.Errorf("the job after the maintenance does not run the new image:\n%s", res.Log)
+			}
+			_, errOut, code := r.call(context.Background(), "/", os.Environ(), r.machineCmd("gc")...)
+			if code != 0 {
+				t.Fatalf("gc: exit %d\n%s", code, errOut)
+			}
+			if left, _ := filepath.Glob(filepath.Join(r.Root, ".*-"+BaseImage+"-*")); len(left) > 0 {
+				t.Errorf("after the job ended and gc: %v left", left)
+			}
+			r.AssertClean(t)
+			waitNoMachineUnits(t)
+		})
+	}
+}
+
+// vmPrivateNetwork runs a job on a private network whose DNS server is a
+// resolver of this test on a host address (the guest has no network of
+// its own): the machine has its own address and resolv.conf,
+// resolves a name through it, and nothing of the network is left.
+func vmPrivateNetwork(t *testing.T, rs map[string]*Runner) {
+	r := rs["btrfs"]
+	// A host address outside the subnet for the resolver (machine.dns may
+	// not be in the subnet): a dummy interface of this test.
+	dummy := &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "nrvm-dns0"}}
+	if err := netlink.LinkAdd(dummy); err != nil {
+		t.Fatalf("add dummy interface: %v", err)
+	}
+	t.Cleanup(func() { netlink.LinkDel(dummy) })
+	if err := netlink.AddrAdd(dummy, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(198, 18, 0, 53), Mask: net.CIDRMask(32, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(dummy); err != nil {
+		t.Fatal(err)
+	}
+	serveDNS(t, "/proc/self/ns/net", "198.18.0.53", net.IPv4(192, 0, 2, 53))
+	for _, mode := range []string{"boot", "fast"} {
+		t.Run(mode, func(t *testing.T) {
+			configure(t, r, mode, "  network: private\n  bridge: nrvm-br0\n  subnet: 10.213.64.0/24\n  dns: [198.18.0.53]\n")
+			res := r.RunJob(t, Job{Script: []string{
+				"cat /etc/resolv.conf",
+				"getent hosts nr-vm-dns.test",
+				"cat /proc/net/dev",
+			}})
+			mustPass(t, res)
+			out := res.Stage("build_script").Stdout
+			for _, want := range []string{"nameserver 198.18.0.53", "192.0.2.53", "eth0:"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("the job's output lacks %q:\n%s", want, res.Log)
+				}
+			}
+			r.AssertClean(t)
+			waitNoMachineUnits(t)
+		})
+	}
+	// gc removes the bridge once no machine uses it.
+	if _, errOut, code := r.call(context.Background(), "/", os.Environ(), r.machineCmd("gc")...); code != 0 {
+		t.Fatalf("gc: exit %d\n%s", code, errOut)
+	}
+	if _, err := net.InterfaceByName("nrvm-br0"); err == nil {
+		t.Errorf("bridge nrvm-br0 left after the jobs and gc")
+	}
 }
