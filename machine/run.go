@@ -2,7 +2,6 @@ package machine
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -78,8 +77,11 @@ func (m *Manager) Run(ctx context.Context, req RunRequest) error {
 	// The script: a copy in the machine's scripts directory on the host,
 	// which the machine sees read-only at ScriptDir. Nothing is written
 	// into the machine's own tree, so no path in it is ever followed.
+	// getrandom(2) itself: crypto/rand's vDSO path first maps its state,
+	// page faults a one-shot process pays for nothing (O_EXCL below is
+	// what guarantees the name is unused).
 	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
+	_, _ = unix.Getrandom(rnd[:], 0)
 	file := "stage-" + hex.EncodeToString(rnd[:])
 	hostScript := filepath.Join(l.Scripts, file)
 	if err := copyFile(req.Script, hostScript); err != nil {
@@ -219,7 +221,14 @@ func mib(b uint64) string {
 	return strconv.FormatUint(b>>20, 10) + " MiB"
 }
 
+// removeIfEmpty removes the stage's group unless processes are left in
+// it. Usually it is an empty leaf by now: one rmdir(2), which the kernel
+// refuses (EBUSY) while the group has processes or children, and only then
+// the walk that finds out which.
 func removeIfEmpty(h cgroup.Hierarchy, rel string) {
+	if unix.Rmdir(h.Path(rel)) == nil {
+		return
+	}
 	if pids, err := h.Procs(rel); err == nil && len(pids) == 0 {
 		_ = h.Remove(rel)
 	}

@@ -130,40 +130,12 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 		return nil
 	}}
 
-	var run struct {
-		machineFlags
-		id   string
-		args []string
-	}
+	run := &g.run
 	c = app.Command("run", "Executor run stage: run a stage script in the job's machine.")
 	c.Flag("id", "Job id (harnesses; default: from JOB_RESPONSE_FILE).").PlaceHolder("ID").StringVar(&run.id)
 	c.Arg("args", "[RUN_ARGS...] SCRIPT [STAGE]: gitlab-runner passes the script and the stage last.").Required().StringsVar(&run.args)
 	run.register(c)
-	cmds["run"] = &command{stage: true, run: func(ctx context.Context) error {
-		job, err := g.job(run.id)
-		if err != nil {
-			return err
-		}
-		// The script's output goes straight from the processes in the
-		// machine to our own stdout and stderr, unbuffered: files.
-		stdout, ok1 := g.stdout.(*os.File)
-		stderr, ok2 := g.stderr.(*os.File)
-		if !ok1 || !ok2 {
-			return errors.New("standard output and error must be files")
-		}
-		script, stage, err := gitlab.RunArgs(run.args)
-		if err != nil {
-			return err
-		}
-		stagetrace.Mark("job")
-		err = g.manager(&run.machineFlags).Run(ctx, machine.RunRequest{JobID: job.ID, Key: job.Key, Script: script, Stage: stage, Stdout: stdout, Stderr: stderr})
-		stagetrace.Mark("teardown")
-		var ee *machine.ExitError
-		if errors.As(err, &ee) {
-			return &gitlab.BuildFailure{Code: ee.Code}
-		}
-		return err
-	}}
+	cmds["run"] = g.runCommand()
 
 	var clean struct {
 		machineFlags
@@ -230,5 +202,36 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%.1fM\t%s\n", name, s.JobID, image, s.Mode, s.Storage, s.Age, float64(s.Memory)/(1<<20), s.State)
 		}
 		return w.Flush()
+	}}
+}
+
+// runCommand is the run stage, with the flags and arguments in g.run
+// (bound by kingpin, or filled by parseRun).
+func (g *globals) runCommand() *command {
+	run := &g.run
+	return &command{stage: true, run: func(ctx context.Context) error {
+		job, err := g.job(run.id)
+		if err != nil {
+			return err
+		}
+		// The script's output goes straight from the processes in the
+		// machine to our own stdout and stderr, unbuffered: files.
+		stdout, ok1 := g.stdout.(*os.File)
+		stderr, ok2 := g.stderr.(*os.File)
+		if !ok1 || !ok2 {
+			return errors.New("standard output and error must be files")
+		}
+		script, stage, err := gitlab.RunArgs(run.args)
+		if err != nil {
+			return err
+		}
+		stagetrace.Mark("job")
+		err = g.manager(&run.machineFlags).Run(ctx, machine.RunRequest{JobID: job.ID, Key: job.Key, Script: script, Stage: stage, Stdout: stdout, Stderr: stderr})
+		stagetrace.Mark("teardown")
+		var ee *machine.ExitError
+		if errors.As(err, &ee) {
+			return &gitlab.BuildFailure{Code: ee.Code}
+		}
+		return err
 	}}
 }

@@ -47,6 +47,10 @@ type globals struct {
 	environ        func() []string
 	stdout, stderr io.Writer
 
+	// run are the run stage's flags and arguments: kingpin binds them,
+	// parseRun fills them without kingpin.
+	run runFlags
+
 	cfg config.Config
 	log *slog.Logger
 }
@@ -116,8 +120,7 @@ func newApp(g *globals) (*kingpin.Application, commands) {
 func main() {
 	stagetrace.Mark("start")
 	g := &globals{getenv: os.Getenv, environ: os.Environ, stdout: os.Stdout, stderr: os.Stderr}
-	app, cmds := newApp(g)
-	code := execute(app, cmds, g, os.Args[1:])
+	code := dispatch(g, os.Args[1:])
 	stagetrace.Mark("exit")
 	stagetrace.Flush()
 	os.Exit(code)
@@ -126,7 +129,16 @@ func main() {
 // run runs the command line args with the given environment and standard
 // streams and returns the process's exit status.
 func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	g := &globals{getenv: getenv, stdout: stdout, stderr: stderr}
+	return dispatch(&globals{getenv: getenv, stdout: stdout, stderr: stderr}, args)
+}
+
+// dispatch runs the command line args with g: the run stage's usual
+// command lines straight (parseRun), everything else through kingpin.
+func dispatch(g *globals, args []string) int {
+	if parseRun(args, g) {
+		stagetrace.Mark("parse")
+		return finish(g, "run", g.runCommand(), gitlab.ExitCodesFromEnv(g.getenv))
+	}
 	app, cmds := newApp(g)
 	return execute(app, cmds, g, args)
 }
@@ -169,9 +181,16 @@ func execute(app *kingpin.Application, cmds commands, g *globals, args []string)
 		fmt.Fprintf(g.stderr, "nspawn-runner: %s is not available in this build\n", name)
 		return 2
 	}
+	return finish(g, name, cmd, exits)
+}
+
+// finish runs the parsed command name: loads the configuration, runs it
+// with a context that SIGTERM and SIGINT cancel, and maps the outcome to
+// an exit status.
+func finish(g *globals, name string, cmd *command, exits gitlab.ExitCodes) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	err = g.load()
+	err := g.load()
 	stagetrace.Mark("config")
 	if err == nil {
 		start := time.Now()

@@ -5,9 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -250,5 +253,102 @@ func TestGitLabConfigStdout(t *testing.T) {
 	code, out, errOut := call(gitlabEnv, append(h.global, "gitlab-config")...)
 	if code != 0 || !strings.HasPrefix(out, "{") || !strings.Contains(out, `"builds_dir":"/builds"`) || errOut != "" {
 		t.Errorf("gitlab-config: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+}
+
+// parseRun takes the run stage's command lines without kingpin: wherever it
+// says yes, kingpin must select run with the same flags and arguments.
+func TestParseRunAgreesWithKingpin(t *testing.T) {
+	kingpinParse := func(args []string) (*globals, string, error) {
+		g := &globals{}
+		app, _ := newApp(g)
+		app.Terminate(func(int) {})
+		app.UsageWriter(io.Discard)
+		app.ErrorWriter(io.Discard)
+		name, err := app.Parse(args)
+		return g, name, err
+	}
+	check := func(args []string) bool {
+		t.Helper()
+		fast := &globals{}
+		ok := parseRun(args, fast)
+		if !ok {
+			if !reflect.DeepEqual(fast, &globals{}) {
+				t.Errorf("parseRun(%q) = false but changed the globals: %+v", args, fast)
+			}
+			return false
+		}
+		kg, name, err := kingpinParse(args)
+		if err != nil || name != "run" {
+			t.Errorf("parseRun(%q) = true, kingpin: %q, %v", args, name, err)
+			return true
+		}
+		if fast.verbose != kg.verbose || fast.debug != kg.debug || fast.root != kg.root || fast.runDir != kg.runDir ||
+			fast.configPath != kg.configPath || !reflect.DeepEqual(fast.run, kg.run) {
+			t.Errorf("parseRun(%q) = %+v %+v, kingpin %+v %+v", args, fast.run, []any{fast.verbose, fast.debug, fast.root, fast.runDir, fast.configPath},
+				kg.run, []any{kg.verbose, kg.debug, kg.root, kg.runDir, kg.configPath})
+		}
+		return true
+	}
+	for _, tc := range []struct {
+		args []string
+		fast bool
+	}{
+		// gitlab-runner: run_args, then the script and the stage.
+		{[]string{"run", "/tmp/x/script.", "build_script"}, true},
+		{[]string{"--config", "/c.yaml", "--root", "/r", "--run-dir", "/d", "run", "/s", "step_script"}, true},
+		// the harnesses: flags after the arguments.
+		{[]string{"--config", "/c", "run", "/s", "x", "--id", "7", "--name-prefix", "p-", "--cgroup-parent", "cg"}, true},
+		{[]string{"-v", "--debug", "--config=/c", "run", "--id=", "a", "b", "c"}, true},
+		{[]string{"run", "", "x", "--verbose"}, true},
+		{[]string{"--config", "run", "run", "run"}, true},
+		{[]string{"run", "s", "--root=/a=b"}, true},
+		// kingpin's: help, errors, what it reads specially.
+		{nil, false},
+		{[]string{"run"}, false},
+		{[]string{"--id", "1", "run", "s"}, false},
+		{[]string{"run", "s", "--id", "1", "--id", "2"}, false},
+		{[]string{"-v", "--verbose", "run", "s"}, false},
+		{[]string{"run", "--", "-s"}, false},
+		{[]string{"run", "-", "s"}, false},
+		{[]string{"run", "@args", "s"}, false},
+		{[]string{"run", "s", "--id", "@f"}, false},
+		{[]string{"run", "s", "--id", "-1"}, false},
+		{[]string{"run", "s", "--id"}, false},
+		{[]string{"run", "s", "--help"}, false},
+		{[]string{"--version"}, false},
+		{[]string{"-vh", "run", "s"}, false},
+		{[]string{"--verbose=true", "run", "s"}, false},
+		{[]string{"--no-verbose", "run", "s"}, false},
+		{[]string{"prepare", "bookworm"}, false},
+		{[]string{"help", "run"}, false},
+		{[]string{"run", "s", "--bogus"}, false},
+	} {
+		if got := check(tc.args); got != tc.fast {
+			t.Errorf("parseRun(%q) = %v, want %v", tc.args, got, tc.fast)
+		}
+	}
+	// Random command lines from pieces that matter to either parser, most
+	// of them with a "run" somewhere.
+	pieces := [][]string{{"run"}, {"s"}, {""}, {"-v"}, {"--verbose"}, {"--debug"}, {"--root", "/r"}, {"--root=/x"}, {"--root"},
+		{"--run-dir", "d"}, {"--config", "run"}, {"--config="}, {"--id", "1"}, {"--id=1"}, {"--id", ""}, {"--name-prefix", "p"},
+		{"--cgroup-parent", "g"}, {"--"}, {"-"}, {"@f"}, {"-1"}, {"--bogus"}, {"help"}, {"prepare"}, {"="}, {"--id"}}
+	rng := rand.New(rand.NewPCG(11, 13))
+	fast := 0
+	for range 5000 {
+		var args []string
+		for range rng.IntN(6) {
+			args = append(args, pieces[rng.IntN(len(pieces))]...)
+		}
+		if rng.IntN(10) < 8 {
+			at := rng.IntN(len(args) + 1)
+			args = append(args[:at], append([]string{"run"}, args[at:]...)...)
+		}
+		if check(args) {
+			fast++
+		}
+	}
+	if fast == 0 {
+		t.Errorf("no random command line took the fast parse")
 	}
 }
