@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -136,4 +137,56 @@ func TestParseIDMap(t *testing.T) {
 	if _, size, err := ReadIDMap(os.Getpid()); err != nil || size == 0 {
 		t.Errorf("ReadIDMap(self) = %d, %v, want a mapping of 0", size, err)
 	}
+}
+
+// BenchmarkStartUserNS: starting /bin/true in a leader with its own user
+// namespace (re-executing this binary, whose constructor joins it) against
+// one without (setns from the locked thread), alternating.
+func BenchmarkStartUserNS(b *testing.B) {
+	testutil.RequireRoot(b)
+	withUser, leader := userNSLeaderB(b, true)
+	defer leader()
+	without, leader2 := userNSLeaderB(b, false)
+	defer leader2()
+	var du, dn time.Duration
+	for i := 0; i < b.N; i++ {
+		for _, p := range []*Proc{withUser, without} {
+			t0 := time.Now()
+			c, err := Start(p, Cmd{Path: "/bin/true", Args: []string{"true"}, CgroupFD: -1})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.Wait(); err != nil {
+				b.Fatal(err)
+			}
+			if p == withUser {
+				du += time.Since(t0)
+			} else {
+				dn += time.Since(t0)
+			}
+		}
+	}
+	b.ReportMetric(float64(du.Microseconds())/float64(b.N)/1000, "userns-ms")
+	b.ReportMetric(float64(dn.Microseconds())/float64(b.N)/1000, "plain-ms")
+	b.ReportMetric(float64(du)/float64(dn), "x-plain")
+}
+
+func userNSLeaderB(b *testing.B, user bool) (*Proc, func()) {
+	leader := exec.Command("sleep", "1000")
+	attr := &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS}
+	if user {
+		attr.Cloneflags |= unix.CLONE_NEWUSER
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: userNSBase, Size: 65536}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: userNSBase, Size: 65536}}
+		attr.GidMappingsEnableSetgroups = true
+	}
+	leader.SysProcAttr = attr
+	if err := leader.Start(); err != nil {
+		b.Fatal(err)
+	}
+	p, err := Open(leader.Process.Pid, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p, func() { p.Close(); leader.Process.Kill(); leader.Wait() }
 }
