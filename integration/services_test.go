@@ -85,10 +85,13 @@ func strconvQuote(s string) string {
 // newServiceHost is a private-network host with the images bookworm,
 // tcpsvc (built from tcpsvcPlaybook by chroot-maintenance) and hidden
 // (outside allowed_images).
-func newServiceHost(t *testing.T) (*lcHost, *netWorld) {
+func newServiceHost(t *testing.T, machineYAML string) (*lcHost, *netWorld) {
 	t.Helper()
 	testutil.RequireBinary(t, "ansible-playbook")
-	h, w := newNetHost(t, netYAML+"  services_timeout: 8s\n")
+	if !strings.Contains(machineYAML, "network:") {
+		machineYAML = netYAML + machineYAML
+	}
+	h, w := newNetHost(t, "  services_timeout: 8s\n"+machineYAML)
 	h.prefix = "nrt-svc-"
 	pbDir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(pbDir, "tcpsvc.yaml"), []byte(tcpsvcPlaybook), 0o644); err != nil {
@@ -121,7 +124,7 @@ func (j *job) prepareWith(services string, env ...string) result {
 }
 
 func TestServices(t *testing.T) {
-	h, w := newServiceHost(t)
+	h, w := newServiceHost(t, "")
 
 	// A booted service found by alias and derived names, and a command
 	// service with the job's variables, on another port.
@@ -222,7 +225,7 @@ func TestServices(t *testing.T) {
 // SIGKILL during prepare with services, at several points, then cleanup
 // or gc: nothing is left.
 func TestServicesKilled(t *testing.T) {
-	h, w := newServiceHost(t)
+	h, w := newServiceHost(t, "")
 	services := `[{"name":"tcpsvc","alias":"a"},{"name":"tcpsvc:x","alias":"b","command":["/usr/local/bin/tcpsvc","7001"]}]`
 	for i, delay := range []time.Duration{150 * time.Millisecond, 500 * time.Millisecond, 1500 * time.Millisecond} {
 		j := h.newJob()
@@ -263,7 +266,7 @@ func TestServicesKilled(t *testing.T) {
 // test needs the network a chroot-create needs), reached by its derived
 // name and by an alias.
 func TestServicesRedisExample(t *testing.T) {
-	h, _ := newServiceHost(t)
+	h, _ := newServiceHost(t, "")
 	pb, err := os.ReadFile("../examples/redis.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -303,6 +306,30 @@ func TestServicesRedisExample(t *testing.T) {
 	for _, k := range []string{"alias", "derived"} {
 		if out[k] != "+PONG" {
 			t.Errorf("redis via %s: %q, want +PONG", k, out[k])
+		}
+	}
+	j.must("cleanup")
+	h.assertClean(t)
+}
+
+// With machine.private_users, services (booted and command) work the
+// same: the hosts file and the command's environment reach them. On the
+// host's network (the test's namespace): private_users and network
+// private do not work together here yet (systemd-nspawn: "Failed to join
+// network namespace: Operation not permitted", for job machines alike).
+func TestServicesPrivateUsers(t *testing.T) {
+	h, _ := newServiceHost(t, "  network: host\n  private_users: true\n")
+	j := h.newJob()
+	t.Cleanup(func() { j.call("cleanup") })
+	r := j.prepareWith(`[{"name":"tcpsvc","alias":"db"},{"name":"tcpsvc:x","alias":"cmd","command":["/usr/local/bin/tcpsvc","7001"]}]`, "CUSTOM_ENV_GREETING=hi-private")
+	if r.code != 0 || strings.Contains(r.stderr, "WARNING") {
+		t.Fatalf("prepare: exit %d\n%s", r.code, r.stderr)
+	}
+	script := strings.Join([]string{probe("boot", "db:7000"), probe("command", "cmd:7001")}, "\n")
+	out := results(j.must("run", j.script("probe", script), "build_script").stdout)
+	for k, v := range map[string]string{"boot": "ok:tcpsvc", "command": "ok:hi-private"} {
+		if out[k] != v {
+			t.Errorf("%s = %q, want %q", k, out[k], v)
 		}
 	}
 	j.must("cleanup")

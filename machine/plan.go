@@ -90,6 +90,8 @@ type Layout struct {
 	// RunDir holds nspawn.log and scripts/ (and hosts, the /etc/hosts
 	// of a job with services).
 	RunDir, Log, Scripts, Hosts string
+	// ServiceEnv is a command service's environment (ServiceEnvPath).
+	ServiceEnv string
 	// MachineDir is ROOT/.machines/NAME; Tree is the root directory
 	// systemd-nspawn runs (the snapshot or the overlay mount point);
 	// Upper and Work are the overlay's directories.
@@ -114,6 +116,7 @@ func LayoutOf(root, runDir, cgroupParent, name string) Layout {
 		Log:        filepath.Join(rd, "nspawn.log"),
 		Scripts:    filepath.Join(rd, "scripts"),
 		Hosts:      filepath.Join(rd, "hosts"),
+		ServiceEnv: filepath.Join(rd, "service.env"),
 		MachineDir: md,
 		Tree:       filepath.Join(md, "root"),
 		Upper:      filepath.Join(md, "upper"),
@@ -151,8 +154,10 @@ type PlanInput struct {
 	// machine's own copy) onto /etc/hosts.
 	Hosts string
 	// Command, in fast mode, runs instead of the sleeping payload (a
-	// service's command).
-	Command []string
+	// service's command); ServiceEnv is then bound read-only on
+	// ServiceEnvPath.
+	Command    []string
+	ServiceEnv string
 	// PrivateUsers gives the machine a user namespace of its own.
 	PrivateUsers bool
 }
@@ -190,7 +195,12 @@ func Plan(in PlanInput) (nspawn.Spec, []string) {
 		s.Properties = properties(in.Limits)
 	}
 	if in.Hosts != "" {
+		// Not idmapped with private users: adoptRunFiles gives the file
+		// to the machine's root.
 		s.Binds = append(s.Binds, nspawn.Bind{Host: in.Hosts, Machine: "/etc/hosts"})
+	}
+	if in.ServiceEnv != "" {
+		s.Binds = append(s.Binds, nspawn.Bind{Host: in.ServiceEnv, Machine: ServiceEnvPath, ReadOnly: true})
 	}
 	switch in.Network {
 	case config.NetworkPrivate:

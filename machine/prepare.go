@@ -218,7 +218,7 @@ func (m *Manager) prepare(ctx context.Context, o startOpts) error {
 		return err
 	}
 	if len(o.command) > 0 {
-		if err := writeServiceEnv(l, o.env); err != nil {
+		if err := writeServiceEnv(l, o.env, m.Config.PrivateUsers); err != nil {
 			return err
 		}
 	}
@@ -257,6 +257,7 @@ func (m *Manager) prepare(ctx context.Context, o startOpts) error {
 	}
 	if len(o.command) > 0 {
 		in.Command = serviceCommand(o.command)
+		in.ServiceEnv = l.ServiceEnv
 	}
 	if o.job != "" {
 		// A service joins its job's network namespace (or the host's).

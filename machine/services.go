@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -131,13 +130,18 @@ func hostsFile(services []Service) string {
 	return b.String()
 }
 
-// serviceEnvFile is where a service's command finds the job's variables.
-const serviceEnvFile = "service.env"
+// ServiceEnvPath is where a service's command finds the job's variables
+// (a read-only bind of RUN_DIR/machines/NAME/service.env).
+const ServiceEnvPath = "/run/nspawn-runner-service.env"
 
-// writeServiceEnv writes the job's variables for a service's command into
-// the machine's scripts tmpfs (never on disk, never on a command line
-// that /proc shows to everyone), as shell assignments.
-func writeServiceEnv(l Layout, env []string) error {
+// writeServiceEnv writes the job's variables for a service's command as
+// shell assignments into the machine's run directory (0700, on the run
+// dir's tmpfs), never on a command line that /proc shows to everyone.
+// The file is the machine root's alone, except with private users: the
+// machine's root is then a uid that is not known before the machine
+// starts, and the command reads the file at once, so it is readable by
+// every user of the service machine (which runs nothing but the service).
+func writeServiceEnv(l Layout, env []string, privateUsers bool) error {
 	var b strings.Builder
 	for _, kv := range env {
 		k, v, ok := strings.Cut(kv, "=")
@@ -146,17 +150,21 @@ func writeServiceEnv(l Layout, env []string) error {
 		}
 		b.WriteString(k + "=" + shellQuote(v) + "\n")
 	}
-	p := filepath.Join(l.Scripts, serviceEnvFile)
-	if err := os.WriteFile(p, []byte(b.String()), 0o600); err != nil {
-		return fmt.Errorf("write %s: %w", p, err)
+	mode := os.FileMode(0o600)
+	if privateUsers {
+		mode = 0o644
 	}
-	return nil
+	if err := os.WriteFile(l.ServiceEnv, []byte(b.String()), mode); err != nil {
+		return fmt.Errorf("write %s: %w", l.ServiceEnv, err)
+	}
+	// WriteFile keeps the mode of a file that exists (a retried start).
+	return os.Chmod(l.ServiceEnv, mode)
 }
 
-// serviceCommand runs command with the variables of serviceEnvFile
+// serviceCommand runs command with the variables of ServiceEnvPath
 // exported.
 func serviceCommand(command []string) []string {
-	return append([]string{"/bin/sh", "-c", `set -a; . ` + ScriptDir + "/" + serviceEnvFile + `; set +a; exec "$@"`, "sh"}, command...)
+	return append([]string{"/bin/sh", "-c", `set -a; . ` + ServiceEnvPath + `; set +a; exec "$@"`, "sh"}, command...)
 }
 
 func shellName(s string) bool {

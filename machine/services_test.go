@@ -78,13 +78,16 @@ func TestPlanService(t *testing.T) {
 // values hold.
 func TestServiceEnv(t *testing.T) {
 	dir := t.TempDir()
-	l := Layout{Scripts: dir}
+	l := Layout{ServiceEnv: filepath.Join(dir, "service.env")}
 	vals := []string{"A=plain", "B=it's $HOME `id` \"q\"\nline2", "C=", "1BAD=x", "D=a=b"}
-	if err := writeServiceEnv(l, vals); err != nil {
+	if err := writeServiceEnv(l, vals, false); err != nil {
 		t.Fatal(err)
 	}
+	if st, err := os.Stat(l.ServiceEnv); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("service env file: %v, %v; want mode 0600", st.Mode(), err)
+	}
 	cmd := serviceCommand([]string{"sh", "-c", `printf '%s|%s|%s|%s' "$A" "$B" "$C" "$D"`})
-	script := strings.ReplaceAll(cmd[2], ScriptDir, dir)
+	script := strings.ReplaceAll(cmd[2], ServiceEnvPath, l.ServiceEnv)
 	out, err := exec.Command(cmd[0], append([]string{"-c", script}, cmd[3:]...)...).Output()
 	if err != nil {
 		t.Fatal(err)
