@@ -25,6 +25,7 @@ import (
 var stagePhases = []struct{ mark, what string }{
 	{"start", "exec"},        // fork+exec, Go runtime start, package inits
 	{"parse", "parse"},       // the command line
+	{"signals", "signals"},   // SIGTERM and SIGINT handed to os/signal
 	{"config", "config"},     // logging set up, the config file read
 	{"job", "job"},           // the job's identity, the run arguments
 	{"record", "record"},     // the machine's record read, its leader pinned

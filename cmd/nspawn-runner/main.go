@@ -190,6 +190,7 @@ func execute(app *kingpin.Application, cmds commands, g *globals, args []string)
 func finish(g *globals, name string, cmd *command, exits gitlab.ExitCodes) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	stagetrace.Mark("signals")
 	err := g.load()
 	stagetrace.Mark("config")
 	if err == nil {
