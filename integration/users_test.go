@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -154,4 +155,52 @@ func checkRefused(t *testing.T, res *Result, why string) {
 	if p.Exit != 2 || !strings.Contains(p.Stderr, "machine.private_users cannot work here") || !strings.Contains(p.Stderr, why) || strings.Contains(p.Stderr, "systemd-nspawn exited") {
 		t.Errorf("prepare: exit %d, stderr %q; want 2 and one line saying %q", p.Exit, p.Stderr, why)
 	}
+}
+
+// TestPrivateUsersLifecycle: the lifecycle tests of TestLifecycleBtrfs that
+// concern a machine's processes and teardown, with private users: stages
+// in both modes, 8 concurrent machines in distinct uid ranges, SIGKILLs
+// followed by gc, a machine whose systemd-nspawn died, a cancelled stage.
+func TestPrivateUsersLifecycle(t *testing.T) {
+	h := newLCHost(t, true, "  private_users: true\n")
+	for _, mode := range []string{"boot", "fast"} {
+		t.Run(mode, func(t *testing.T) { lcStages(t, h, mode, "btrfs") })
+	}
+	t.Run("concurrent ranges", func(t *testing.T) {
+		var wg sync.WaitGroup
+		jobs := make([]*job, 8)
+		codes := make([]result, 8)
+		for i := range jobs {
+			jobs[i] = h.newJob()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				codes[i] = jobs[i].call("prepare", "bookworm", "--mode", "fast")
+			}()
+		}
+		wg.Wait()
+		shifts := map[int]string{}
+		for i, j := range jobs {
+			if codes[i].code != 0 {
+				t.Errorf("prepare %s: exit %d: %s", j.id, codes[i].code, codes[i].stderr)
+				continue
+			}
+			s := num(h.recordOf(j)["uid_shift"])
+			if s < 65536 || shifts[s] != "" {
+				t.Errorf("machine of %s: uid_shift %d (also %q's): want distinct ranges away from the host's root", j.id, s, shifts[s])
+			}
+			shifts[s] = j.id
+			r := j.must("run", j.script("u", "cat /proc/self/uid_map"), "build_script")
+			if f := strings.Fields(r.stdout); len(f) != 3 || f[0] != "0" || f[1] != strconv.Itoa(s) {
+				t.Errorf("stage of %s: uid_map %q, want 0 %d 65536", j.id, r.stdout, s)
+			}
+		}
+		for _, j := range jobs {
+			j.must("cleanup")
+		}
+		h.assertClean(t)
+	})
+	t.Run("sigkill", func(t *testing.T) { lcSigkill(t, h) })
+	t.Run("nspawn died", func(t *testing.T) { lcNspawnDied(t, h) })
+	t.Run("sigterm during run", func(t *testing.T) { lcSigterm(t, h) })
 }
