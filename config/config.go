@@ -131,7 +131,17 @@ type Machine struct {
 	// DNS are the resolvers private machines use; empty means the host's,
 	// or the upstream servers of a local stub resolver.
 	DNS []string `yaml:"dns"`
+
+	// Pool gives, per image, how many booted machines to keep ready for
+	// prepare to claim (the warm pool); an image not named has none.
+	Pool map[string]int `yaml:"pool"`
+	// PoolMaxAge retires pooled machines older than this (0: never).
+	PoolMaxAge Duration `yaml:"pool_max_age"`
 }
+
+// MaxPool bounds one image's pool: every pooled machine holds its memory
+// (about 25 MiB idle in boot mode) whether jobs come or not.
+const MaxPool = 64
 
 // Network modes.
 const (
@@ -246,6 +256,7 @@ func Default() Config {
 			Network:         NetworkPrivate,
 			Bridge:          DefaultBridge,
 			Subnet:          DefaultSubnet,
+			Pool:            map[string]int{},
 		},
 		GitLab: GitLab{CacheDir: "/var/cache/nspawn-runner"},
 	}
@@ -415,6 +426,17 @@ func (c *Config) validate(root *yaml.Node) error {
 	}
 	if err := checkCgroupPath(m.CgroupParent); err != nil {
 		return fieldError(root, "machine.cgroup_parent", "%v", err)
+	}
+	for img, n := range m.Pool {
+		if err := CheckImageName(img); err != nil {
+			return fieldError(root, "machine.pool", "%v", err)
+		}
+		if n < 0 || n > MaxPool {
+			return fieldError(root, "machine.pool", "%s: want 0 to %d machines, got %d", img, MaxPool, n)
+		}
+	}
+	if m.PoolMaxAge < 0 {
+		return fieldError(root, "machine.pool_max_age", "must not be negative")
 	}
 	return m.validateNetwork(root)
 }

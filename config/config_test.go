@@ -48,6 +48,8 @@ machine:
   ready_timeout: 2m
   stop_timeout: 3s
   cgroup_parent: ci/machines
+  pool: {bookworm: 4, sid: 0}
+  pool_max_age: 2h
 gitlab:
   cache_dir: /srv/cache
   builds_dir: /srv/builds
@@ -72,6 +74,9 @@ gitlab:
 	}
 	if m.CgroupParent != "ci/machines" {
 		t.Errorf("cgroup_parent = %q", m.CgroupParent)
+	}
+	if m.Pool["bookworm"] != 4 || len(m.Pool) != 2 || m.PoolMaxAge.D() != 2*time.Hour {
+		t.Errorf("pool = %v, pool_max_age = %v", m.Pool, m.PoolMaxAge.D())
 	}
 	if m.ReadyTimeout.D() != 2*time.Minute || m.StopTimeout.D() != 3*time.Second {
 		t.Errorf("timeouts = %v, %v", m.ReadyTimeout.D(), m.StopTimeout.D())
@@ -120,6 +125,11 @@ func TestParseErrors(t *testing.T) {
 		{"- a\n- b\n", []string{"line 1"}},
 		{"machine: {mode: boot\n", []string{"line"}},
 		{"machine:\n  network: bridge\n", []string{"line 2", "machine.network", "private, host or none"}},
+		{"machine:\n  pool: {bookworm: 65}\n", []string{"line 2", "machine.pool", "bookworm", "0 to 64"}},
+		{"machine:\n  pool: {bookworm: -1}\n", []string{"line 2", "machine.pool"}},
+		{"machine:\n  pool: {../x: 1}\n", []string{"line 2", "machine.pool"}},
+		{"machine:\n  pool: 4\n", []string{"line 2"}},
+		{"machine:\n  pool_max_age: -1h\n", []string{"line 2", "machine.pool_max_age"}},
 		{"machine:\n  subnet: 10.1.2.3/24\n", []string{"line 2", "machine.subnet", "10.1.2.0/24"}},
 		{"machine:\n  subnet: fd00::/64\n", []string{"line 2", "machine.subnet", "IPv4"}},
 		{"machine:\n  subnet: 10.1.2.0/31\n", []string{"line 2", "machine.subnet", "/30"}},
