@@ -1,6 +1,7 @@
 package machine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -144,7 +145,7 @@ func (m *Manager) destroy(ctx context.Context, l Layout) error {
 	}
 	// systemd-nspawn's own mount propagation directory is left behind
 	// when it is killed (and always where /run is not a tmpfs).
-	prop := filepath.Join("/run/systemd/nspawn/propagate", l.Name)
+	prop := filepath.Join("/run/systemd/nspawn/propagate", cmp.Or(rec.Machine, l.Name))
 	if err := mount.UnmountAll(prop); err != nil {
 		errs = append(errs, err)
 	} else if err := os.RemoveAll(prop); err != nil && !errors.Is(err, fs.ErrNotExist) {

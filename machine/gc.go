@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +19,8 @@ import (
 type GCResult struct {
 	Machines []string
 	Images   []string
+	// Pooled are the machines it started to top warm pools up.
+	Pooled []string
 }
 
 // GC removes everything of machines whose systemd-nspawn is gone (crash,
@@ -44,7 +47,7 @@ func (m *Manager) GC(ctx context.Context, maxAge time.Duration) (GCResult, error
 			continue
 		}
 		rec, rerr := readRecord(l.Record)
-		live := rerr == nil && rec.running()
+		live := rerr == nil && rec.up()
 		if live && rec.Job != "" {
 			// A service lives as long as its job's machine runs.
 			jr, err := readRecord(m.layout(rec.Job).Record)
@@ -73,6 +76,25 @@ func (m *Manager) GC(ctx context.Context, maxAge time.Duration) (GCResult, error
 		}
 		lk.release(true)
 		res.Machines = append(res.Machines, name)
+	}
+	// The warm pools: retire stale and excess pooled machines, remove the
+	// pools of images that are gone or no longer configured, top the
+	// others up. A running refill is waited for.
+	if imgs, err := m.poolImages(); err != nil {
+		errs = append(errs, err)
+	} else {
+		for _, img := range imgs {
+			pr, err := m.FillPool(ctx, img, true)
+			res.Machines = append(res.Machines, pr.Retired...)
+			res.Pooled = append(res.Pooled, pr.Started...)
+			if err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if h, err := m.cgroups(); err == nil {
+		// Refills that ended leave their cgroup empty.
+		removeIfEmpty(h, filepath.Join(m.parent(), refillCgroup))
 	}
 	// Private networks of machines that are gone (their state removed
 	// by hand, or never recorded), then the bridge and tables once no
@@ -118,7 +140,7 @@ func (m *Manager) GCImages() ([]string, error) {
 			// Unknown: keep every retired tree this round.
 			return nil, err
 		}
-		if rec.Storage == StorageBtrfs && rec.State == StateRunning {
+		if rec.Storage == StorageBtrfs && (rec.State == StateRunning || rec.State == StatePooled) {
 			// A snapshot does not use its image afterwards.
 			continue
 		}
@@ -155,7 +177,8 @@ type Status struct {
 	// Memory is memory.current of the machine's cgroup, else the summed
 	// RSS of its processes, in bytes.
 	Memory uint64 `json:"memory"`
-	// State is running, preparing, stopping, or dead (systemd-nspawn is
+	// State is running, pooled (a machine of the warm pool, ready to be
+	// claimed), preparing, claimed, stopping, or dead (systemd-nspawn is
 	// gone, or its prepare or cleanup died: gc removes it).
 	State     string `json:"state"`
 	LeaderPID int    `json:"leader_pid,omitempty"`
@@ -184,10 +207,10 @@ func (m *Manager) List(ctx context.Context) ([]Status, error) {
 			Created: rec.Created, Age: now.Sub(rec.Created).Round(time.Second).String(), LeaderPID: rec.LeaderPID,
 			Job: rec.Job, Service: rec.Service, Aliases: rec.Aliases}
 		switch rec.State {
-		case StateRunning:
+		case StateRunning, StatePooled:
 			s.State = StateDead
-			if rec.running() {
-				s.State = StateRunning
+			if rec.up() {
+				s.State = rec.State
 			}
 		default:
 			// Preparing or stopping: true while a prepare or cleanup

@@ -63,6 +63,11 @@ type Manager struct {
 	// reads it from sysinfo(2).
 	HostMemory uint64
 
+	// RefillCommand, when set, is the argv (the image name is appended)
+	// that a prepare starts detached to refill the image's warm pool
+	// (nspawn-runner ... pool-fill); unset, only gc refills.
+	RefillCommand []string
+
 	// destroyGrace overrides the package's destroyGrace (tests).
 	destroyGrace time.Duration
 

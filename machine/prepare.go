@@ -70,43 +70,64 @@ type startOpts struct {
 	// so that a prepare killed while it waits for them leaves garbage gc
 	// recognises.
 	stayPreparing bool
+	// poolKey, set for a machine of the warm pool, is its configuration's
+	// digest (poolKey); it is left pooled instead of running.
+	poolKey string
+}
+
+// Prepared is the machine a prepare gave a job.
+type Prepared struct {
+	Name string
+	// Pooled is the pooled machine the job claimed ("" for a fresh one).
+	Pooled string
 }
 
 // Prepare starts the job's machine and returns its name once it is ready.
 // A machine the job already had (a retried prepare) is removed first. On
 // failure everything started is torn down.
-func (m *Manager) Prepare(ctx context.Context, req PrepareRequest) (name string, err error) {
-	name, err = m.Name(req.JobID, req.Key)
+func (m *Manager) Prepare(ctx context.Context, req PrepareRequest) (string, error) {
+	p, err := m.PrepareJob(ctx, req)
+	return p.Name, err
+}
+
+// PrepareJob is Prepare, saying whether the machine came from the warm
+// pool: with machine.pool set for the image, a ready pooled machine is
+// claimed and given the job's binds and name; when there is none, or
+// taking it over fails, a fresh machine is started. Either way a
+// detached refill tops the pool up again.
+func (m *Manager) PrepareJob(ctx context.Context, req PrepareRequest) (res Prepared, err error) {
+	name, err := m.Name(req.JobID, req.Key)
 	if err != nil {
-		return "", err
+		return res, err
 	}
+	res.Name = name
 	mode := req.Mode
 	if mode == "" {
 		mode = m.Config.Mode
 	}
 	if mode != config.ModeBoot && mode != config.ModeFast {
-		return "", fmt.Errorf("prepare %s: unknown mode %q", name, mode)
+		return res, fmt.Errorf("prepare %s: unknown mode %q", name, mode)
 	}
 	imagePath, err := m.Images.Path(req.Image)
 	if err != nil {
-		return "", err
+		return res, err
 	}
 	l := m.layout(name)
 	lk, err := m.lockMachine(ctx, l, true)
 	if err != nil {
-		return "", fmt.Errorf("prepare %s: %w", name, err)
+		return res, fmt.Errorf("prepare %s: %w", name, err)
 	}
 	removed := false
 	defer func() { lk.release(removed) }()
 	if len(req.Services) > 0 && cmp.Or(m.Config.Network, config.NetworkHost) == config.NetworkNone {
-		return "", fmt.Errorf("prepare %s: the job has services: but machine.network is none; services need private (or host)", name)
+		return res, fmt.Errorf("prepare %s: the job has services: but machine.network is none; services need private (or host)", name)
 	}
 	if len(req.Services) > MaxServices {
-		return "", fmt.Errorf("prepare %s: %d services; at most %d", name, len(req.Services), MaxServices)
+		return res, fmt.Errorf("prepare %s: %d services; at most %d", name, len(req.Services), MaxServices)
 	}
 	// Services of an earlier prepare of this job go first.
 	if err := m.destroyServices(ctx, name); err != nil {
-		return "", fmt.Errorf("prepare %s: remove earlier services: %w", name, err)
+		return res, fmt.Errorf("prepare %s: remove earlier services: %w", name, err)
 	}
 	if m.exists(l) {
 		m.log().Info("removing what an earlier prepare of this job left", "machine", name)
@@ -114,7 +135,21 @@ func (m *Manager) Prepare(ctx context.Context, req PrepareRequest) (name string,
 		err := m.destroy(dctx, l)
 		cancel()
 		if err != nil {
-			return "", fmt.Errorf("prepare %s: remove earlier machine: %w", name, err)
+			return res, fmt.Errorf("prepare %s: remove earlier machine: %w", name, err)
+		}
+	}
+	// A job with services starts fresh: its services join the network
+	// namespace its machine gets before systemd-nspawn starts. So does
+	// one with private_users: its writable binds must be idmapped.
+	if m.Config.Pool[req.Image] > 0 && len(req.Services) == 0 && !m.Config.PrivateUsers {
+		defer m.startRefill(req.Image)
+		pooled, err := m.claim(ctx, req, l, mode, imagePath)
+		if err == nil {
+			res.Pooled = pooled
+			return res, nil
+		}
+		if !errors.Is(err, errPoolEmpty) {
+			m.log().Warn("taking over a pooled machine failed: starting a fresh one", "machine", name, "err", err)
 		}
 	}
 	var svc *serviceStart
@@ -150,23 +185,25 @@ func (m *Manager) Prepare(ctx context.Context, req PrepareRequest) (name string,
 		}
 	}
 	if err := m.prepare(ctx, o); err != nil {
-		return "", fmt.Errorf("prepare %s: %w", name, err)
+		return res, fmt.Errorf("prepare %s: %w", name, err)
 	}
 	if svc != nil {
 		svc.wait()
 		svc.report()
 		rec, err := readRecord(l.Record)
 		if err != nil {
-			return "", fmt.Errorf("prepare %s: %w", name, err)
+			return res, fmt.Errorf("prepare %s: %w", name, err)
 		}
 		rec.State = StateRunning
 		if err := writeRecord(l.Record, rec); err != nil {
-			return "", fmt.Errorf("prepare %s: %w", name, err)
+			return res, fmt.Errorf("prepare %s: %w", name, err)
 		}
 	}
-	return name, nil
+	return res, nil
 }
 
+// prepare starts machine o.l. With o.poolKey set it is a machine of the
+// warm pool: recorded with that key and left pooled instead of running.
 func (m *Manager) prepare(ctx context.Context, o startOpts) error {
 	req, l, mode, imagePath := o.req, o.l, o.mode, o.imagePath
 	var st unix.Stat_t
@@ -196,7 +233,7 @@ func (m *Manager) prepare(ctx context.Context, o startOpts) error {
 		Network:      cmp.Or(m.Config.Network, config.NetworkHost),
 		PrivateUsers: m.Config.PrivateUsers,
 		Path:         req.Path, Env: req.Env, Binds: req.Binds, Created: time.Now().UTC(),
-		Job: o.job, Service: o.service, Aliases: o.aliases,
+		Job: o.job, Service: o.service, Aliases: o.aliases, PoolKey: o.poolKey,
 	}
 	if storage != StorageVolatile {
 		rec.Tree, rec.MachineDir = l.Tree, l.MachineDir
@@ -309,6 +346,9 @@ func (m *Manager) prepare(ctx context.Context, o startOpts) error {
 	}
 	if o.stayPreparing {
 		rec.State = StatePreparing
+	}
+	if o.poolKey != "" {
+		rec.State = StatePooled
 	}
 	if !host.NoBus {
 		// systemd made the scope: find it from the leader.

@@ -22,6 +22,12 @@ const (
 	// StateDead is never written: List reports it for machines gc would
 	// remove.
 	StateDead = "dead"
+	// StatePooled: a machine of the warm pool, up and waiting for a job
+	// to claim it (pool.go).
+	StatePooled = "pooled"
+	// StateClaimed: a pooled machine a prepare is taking over; garbage if
+	// that prepare died (its lock is free).
+	StateClaimed = "claimed"
 )
 
 // Record is the state of one machine, in RUN_DIR/machines/NAME.json.
@@ -67,6 +73,13 @@ type Record struct {
 	Job     string   `json:"job,omitempty"`
 	Service string   `json:"service,omitempty"`
 	Aliases []string `json:"aliases,omitempty"`
+	// PoolKey, on a machine of the warm pool, is the digest of the
+	// configuration it was started with (poolKey): only a prepare with the
+	// same one claims it.
+	PoolKey string `json:"pool_key,omitempty"`
+	// Machine is systemd-nspawn's name of the machine when it is not Name:
+	// a claimed pooled machine keeps the name it was started with.
+	Machine string `json:"machine,omitempty"`
 }
 
 // Bind is a host directory or file bind-mounted into a machine. It is part
@@ -105,6 +118,11 @@ func (b *Bind) UnmarshalJSON(data []byte) error {
 // refuses it, ps calls it dead and gc removes it, all by this one test.
 func (r *Record) running() bool {
 	return r.State == StateRunning && ns.Alive(r.NspawnPID, r.NspawnStart)
+}
+
+// up is running, or pooled and alive.
+func (r *Record) up() bool {
+	return (r.State == StateRunning || r.State == StatePooled) && ns.Alive(r.NspawnPID, r.NspawnStart)
 }
 
 // writeRecord writes r atomically (temporary file, rename): a reader sees

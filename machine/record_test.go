@@ -27,6 +27,9 @@ func goldenRecord() *Record {
 		},
 		Created: time.Date(2026, 12, 4, 5, 30, 0, 123456789, time.UTC),
 		Job:     "nr-42-0123456789ab", Service: "postgres:16", Aliases: []string{"db", "postgres"},
+		// A pooled machine has a pool key, a claimed one the name it was
+		// started with; one record holds both for the format's sake.
+		PoolKey: "0123456789abcdef01234567", Machine: "nr-pool-0123456789abc",
 	}
 }
 
@@ -74,9 +77,9 @@ func TestRecordUntaggedBinds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// That file predates the network and user namespace fields.
+	// That file predates the network, user namespace and pool fields.
 	want := goldenRecord()
-	want.Network, want.Address = "", ""
+	want.Network, want.Address, want.PoolKey, want.Machine = "", "", "", ""
 	// And the service fields.
 	want.Job, want.Service, want.Aliases = "", "", nil
 	want.PrivateUsers, want.UIDShift = false, 0

@@ -634,6 +634,51 @@ func writeAlloc(p string, a allocation) error {
 	return nil
 }
 
+// Rename hands machine old's network to machine name, whose run
+// directory dir is old's renamed (a claimed pooled machine): the
+// allocation, the namespace pin's path in it and the veth's alias follow.
+// The veth, the address and the port's rules stay: they depend on the
+// address only. Nothing allocated for old is fine.
+func (n *Network) Rename(old, name, dir string) error {
+	lk, err := n.lock()
+	if err != nil {
+		return err
+	}
+	defer lk.Unlock()
+	a, err := readAlloc(n.allocPath(old))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	a.Name, a.Namespace = name, nsPath(dir)
+	// The new allocation first: whatever a crash leaves, one of the two
+	// names accounts for the port (Detach of either is safe).
+	if err := writeAlloc(n.allocPath(name), a); err != nil {
+		return err
+	}
+	if err := os.Remove(n.allocPath(old)); err != nil {
+		return fmt.Errorf("release allocation of %s: %w", old, err)
+	}
+	if a.Port == "" {
+		return nil
+	}
+	h, err := n.openHost()
+	if err != nil {
+		return err
+	}
+	defer h.close()
+	port, err := h.nl.LinkByName(a.Port)
+	if err != nil {
+		return fmt.Errorf("veth %s: %w", a.Port, err)
+	}
+	if err := h.nl.LinkSetAlias(port, n.alias(name)); err != nil {
+		return fmt.Errorf("name veth %s: %w", a.Port, err)
+	}
+	return nil
+}
+
 // Detach removes machine name's network: its veth, its nftables rules,
 // its namespace pin and its address. Nothing to remove is fine.
 func (n *Network) Detach(name, dir string) error {

@@ -34,14 +34,40 @@ func (f *machineFlags) register(c *kingpin.CmdClause) {
 // manager builds the machine manager from the configuration.
 func (g *globals) manager(f *machineFlags) *machine.Manager {
 	return &machine.Manager{
-		Root:         g.cfg.Root,
-		RunDir:       g.cfg.RunDir,
-		Config:       g.cfg.Machine,
-		Log:          g.log,
-		Images:       g.store(),
-		NamePrefix:   f.namePrefix,
-		CgroupParent: cmp.Or(f.cgroupParent, g.cfg.Machine.CgroupParent),
+		Root:          g.cfg.Root,
+		RunDir:        g.cfg.RunDir,
+		Config:        g.cfg.Machine,
+		Log:           g.log,
+		Images:        g.store(),
+		NamePrefix:    f.namePrefix,
+		CgroupParent:  cmp.Or(f.cgroupParent, g.cfg.Machine.CgroupParent),
+		RefillCommand: g.refillCommand(f),
 	}
+}
+
+// refillCommand is the argv of the detached pool-fill a prepare starts:
+// this binary with this configuration, root, run directory and machine
+// flags (nil when our own path is unknown).
+func (g *globals) refillCommand(f *machineFlags) []string {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil
+	}
+	argv := []string{exe}
+	if g.configPath != "" {
+		argv = append(argv, "--config", g.configPath)
+	}
+	if g.verbose {
+		argv = append(argv, "--verbose")
+	}
+	argv = append(argv, "--root", g.cfg.Root, "--run-dir", g.cfg.RunDir, "pool-fill")
+	if f.namePrefix != "" {
+		argv = append(argv, "--name-prefix", f.namePrefix)
+	}
+	if f.cgroupParent != "" {
+		argv = append(argv, "--cgroup-parent", f.cgroupParent)
+	}
+	return argv
 }
 
 // job is the identity of the job a stage works on: --id (idFlag), else
@@ -119,15 +145,32 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 		for _, m := range plan.Mounts {
 			req.Binds = append(req.Binds, machine.Bind{Host: m.Host, Machine: m.Machine, ReadOnly: m.ReadOnly})
 		}
-		name, err := g.manager(&prep.machineFlags).Prepare(ctx, req)
+		p, err := g.manager(&prep.machineFlags).PrepareJob(ctx, req)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(g.stdout, "Machine %s is running image %s\n", name, image)
+		if p.Pooled != "" {
+			fmt.Fprintf(g.stdout, "Machine %s is running image %s (pooled machine %s)\n", p.Name, image, p.Pooled)
+		} else {
+			fmt.Fprintf(g.stdout, "Machine %s is running image %s\n", p.Name, image)
+		}
 		for _, s := range services {
 			fmt.Fprintf(g.stdout, "Service %s runs image %s, reachable as %s\n", s.Name, s.Image, strings.Join(s.Aliases, ", "))
 		}
 		return nil
+	}}
+
+	var fill struct {
+		machineFlags
+		image string
+	}
+	c = app.Command("pool-fill", "Top the warm pool of an image up to machine.pool (prepare starts it detached; gc does the same for every pool).").Hidden()
+	c.Arg("image", "Image name.").Required().StringVar(&fill.image)
+	fill.register(c)
+	cmds["pool-fill"] = &command{run: func(ctx context.Context) error {
+		// Another fill of this image running: it does the work.
+		_, err := g.manager(&fill.machineFlags).FillPool(ctx, fill.image, false)
+		return err
 	}}
 
 	run := &g.run
@@ -167,6 +210,9 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 		}
 		for _, t := range res.Images {
 			fmt.Fprintf(g.stdout, "removed retired image tree %s\n", t)
+		}
+		for _, n := range res.Pooled {
+			fmt.Fprintf(g.stdout, "started pooled machine %s\n", n)
 		}
 		return err
 	}}
