@@ -20,8 +20,9 @@
 // command line, environment), prepare.go, run.go, destroy.go (cleanup
 // and the destroy every remover shares), gc.go (gc and ps), host.go
 // (what the host offers: cgroups, systemd-nspawn's version, memory for
-// limits), network.go, limits.go (exhausted host limits), lock.go and
-// record.go (the state record; testdata/record.json holds its format).
+// limits), network.go, limits.go (exhausted host limits), lock.go,
+// record.go (the state record; testdata/record.json holds its format) and
+// pool.go (the warm pool: claim, attach, fill, retire, detached refill).
 //
 // There is no per-machine supervisor process: prepare starts
 // systemd-nspawn detached, waits on its notification socket until the

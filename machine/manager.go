@@ -68,6 +68,10 @@ type Manager struct {
 	// (nspawn-runner ... pool-fill); unset, only gc refills.
 	RefillCommand []string
 
+	// attachFault, when set, fails the attach of claimed pooled machines
+	// after their binds are made (tests of the fallback).
+	attachFault error
+
 	// destroyGrace overrides the package's destroyGrace (tests).
 	destroyGrace time.Duration
 

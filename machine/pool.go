@@ -289,6 +289,9 @@ func (m *Manager) attach(ctx context.Context, l Layout, req PrepareRequest) erro
 				return err
 			}
 		}
+		if m.attachFault != nil {
+			return m.attachFault
+		}
 		// systemd-nspawn names the host after the machine, and a booted
 		// machine's systemd then sets /etc/hostname's name when the image
 		// has one: only the first is the pooled name, to be replaced by

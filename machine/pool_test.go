@@ -1,10 +1,18 @@
 package machine
 
 import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
+	"github.com/nspawn-runner/nspawn-runner/sys/mount"
 )
 
 // Pooled machines' names are valid machine names that no job's machine
@@ -86,5 +94,121 @@ func TestPoolKey(t *testing.T) {
 	}
 	if key(same, config.ModeBoot, "other/parent") == k {
 		t.Errorf("the cgroup parent did not change the pool key")
+	}
+}
+
+// TestPoolClaimAndFallback (root): a pooled machine is claimed with the
+// job's bind working inside it; when its attach fails, it is destroyed
+// and the job gets a fresh machine; pool 0 and GC leave nothing.
+func TestPoolClaimAndFallback(t *testing.T) {
+	testutil.RequireRoot(t)
+	testutil.RequireBinary(t, "systemd-nspawn")
+	img := testutil.Image(t)
+	// The run dir holds unix sockets: a short path.
+	run, err := os.MkdirTemp("", "nrt-pool-run-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	m := &Manager{
+		Root: root, RunDir: run, Images: oneImage(img),
+		NamePrefix: "nrt-pm-", CgroupParent: "nrt-pool-machine-" + strconv.Itoa(os.Getpid()),
+		Config: config.Machine{
+			Mode: config.ModeFast, Storage: config.StorageOverlay, Network: config.NetworkHost, Shell: "bash",
+			ReadyTimeout: config.Duration(time.Minute), StopTimeout: config.Duration(5 * time.Second),
+			Pool: map[string]int{"img": 1},
+		},
+	}
+	ctx := context.Background()
+	t.Cleanup(func() {
+		m.Config.Pool = nil
+		if _, err := m.GC(ctx, time.Nanosecond); err != nil {
+			t.Errorf("GC: %v", err)
+		}
+		for _, d := range []string{filepath.Join(run, "machines"), filepath.Join(root, MachinesDirName)} {
+			if ents, _ := os.ReadDir(d); len(ents) > 0 {
+				t.Errorf("left in %s: %d entries", d, len(ents))
+			}
+		}
+		if h, err := m.cgroups(); err == nil {
+			if err := h.Remove(m.parent()); err != nil {
+				t.Errorf("remove cgroup parent: %v", err)
+			}
+		}
+		_ = mount.UnmountAll(run)
+		os.RemoveAll(run)
+	})
+	hostDir := t.TempDir()
+	binds := []Bind{{Host: hostDir, Machine: "/mnt/nrt/job"}}
+
+	fill := func() string {
+		t.Helper()
+		res, err := m.FillPool(ctx, "img", true)
+		if err != nil || len(res.Started) != 1 {
+			t.Fatalf("FillPool = %+v, %v; want one machine started", res, err)
+		}
+		return res.Started[0]
+	}
+	pooled := fill()
+	m.attachFault = errors.New("injected attach failure")
+	p, err := m.PrepareJob(ctx, PrepareRequest{JobID: "1", Key: "0123456789abcdef", Image: "img", Binds: binds})
+	if err != nil {
+		t.Fatalf("PrepareJob with a failing attach = %v, want a fresh machine", err)
+	}
+	if p.Pooled != "" {
+		t.Errorf("PrepareJob claimed %s although its attach failed", p.Pooled)
+	}
+	if _, err := os.Lstat(m.layout(pooled).Record); !os.IsNotExist(err) {
+		t.Errorf("the pooled machine whose attach failed still has a record (%v)", err)
+	}
+	if h, err := m.cgroups(); err == nil && h.Exists(m.layout(pooled).Cgroup) {
+		t.Errorf("the pooled machine whose attach failed still has its cgroup")
+	}
+	runIn := func(jobID, script string) string {
+		t.Helper()
+		sf := filepath.Join(t.TempDir(), "s")
+		out := filepath.Join(t.TempDir(), "out")
+		os.WriteFile(sf, []byte(script), 0o644)
+		f, err := os.Create(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := m.Run(ctx, RunRequest{JobID: jobID, Key: "0123456789abcdef", Script: sf, Stage: "build_script", Stdout: f, Stderr: f}); err != nil {
+			b, _ := os.ReadFile(out)
+			t.Fatalf("Run in job %s: %v\n%s", jobID, err, b)
+		}
+		b, _ := os.ReadFile(out)
+		return string(b)
+	}
+	runIn("1", "echo one > /mnt/nrt/job/one\n")
+	if err := m.Cleanup(ctx, "1", "0123456789abcdef"); err != nil {
+		t.Fatal(err)
+	}
+
+	m.attachFault = nil
+	pooled = fill()
+	p, err = m.PrepareJob(ctx, PrepareRequest{JobID: "2", Key: "0123456789abcdef", Image: "img", Binds: binds})
+	if err != nil || p.Pooled != pooled {
+		t.Fatalf("PrepareJob = %+v, %v; want pooled machine %s claimed", p, err, pooled)
+	}
+	out := runIn("2", "cat /mnt/nrt/job/one; echo two > /mnt/nrt/job/two; hostname\n")
+	if want := "one\n" + p.Name + "\n"; out != want {
+		t.Errorf("claimed machine: output %q, want %q", out, want)
+	}
+	if b, err := os.ReadFile(filepath.Join(hostDir, "two")); err != nil || string(b) != "two\n" {
+		t.Errorf("file written through the bind: %q, %v", b, err)
+	}
+	list, err := m.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range list {
+		if s.Name == p.Name && s.State != StateRunning {
+			t.Errorf("ps: claimed machine %s is %s, want running", s.Name, s.State)
+		}
+	}
+	if err := m.Cleanup(ctx, "2", "0123456789abcdef"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -149,6 +149,10 @@ func (m *Manager) PrepareJob(ctx context.Context, req PrepareRequest) (res Prepa
 			return res, nil
 		}
 		if !errors.Is(err, errPoolEmpty) {
+			if m.exists(l) {
+				// Its destroy failed too (logged): gc retries it.
+				return res, fmt.Errorf("prepare %s: %w", name, err)
+			}
 			m.log().Warn("taking over a pooled machine failed: starting a fresh one", "machine", name, "err", err)
 		}
 	}
