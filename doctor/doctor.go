@@ -101,6 +101,20 @@ type Facts struct {
 	MachinesErr error
 
 	Limits []limits.Shortfall
+
+	// PrivateUsers is machine.private_users; CanEnterUserNS whether this
+	// binary can enter machines with a user namespace (built with cgo);
+	// BindFS the filesystem of each directory machines get as an
+	// idmapped bind with private users.
+	PrivateUsers   bool
+	CanEnterUserNS bool
+	BindFS         []BindFS
+}
+
+// BindFS is the filesystem (statfs(2) type, by name) of a directory
+// bound writable into machines.
+type BindFS struct {
+	Key, Path, FS string
 }
 
 // Check runs every check on f, in a fixed order.
@@ -109,6 +123,7 @@ func Check(f Facts) []Finding {
 	for _, c := range []func(Facts) []Finding{
 		checkKernel, checkCgroup, checkNspawn, checkRoot, checkRunner,
 		checkRunnerConfig, checkImages, checkTimers, checkMachines, checkLimits,
+		checkPrivateUsers,
 	} {
 		out = append(out, c(f)...)
 	}
@@ -401,6 +416,49 @@ func checkLimits(f Facts) []Finding {
 			have = "unreadable (" + s.Err.Error() + ")"
 		}
 		out = append(out, warn("limits."+s.Name, fmt.Sprintf("%s is %s, below %d: with many machines at once they run out (%s)", s.Name, have, s.Want, s.Why), "nspawn-runner setup (installs "+limits.DefaultDropIn+")"))
+	}
+	return out
+}
+
+// idmapFS are filesystems whose mounts the kernel idmaps (FS_ALLOW_IDMAP)
+// with the kernel version that brought it; noIDMapFS some that it never
+// does.
+var (
+	idmapFS   = map[string][2]int{"btrfs": {5, 15}, "ext4": {5, 12}, "xfs": {5, 12}, "tmpfs": {6, 3}, "f2fs": {5, 18}, "vfat": {5, 12}, "erofs": {5, 17}}
+	noIDMapFS = []string{"nfs", "9p", "ramfs", "cifs", "smb2", "fuse", "overlay"}
+)
+
+func checkPrivateUsers(f Facts) []Finding {
+	const check = "machine.private_users"
+	if !f.PrivateUsers {
+		return []Finding{ok(check, "off: a job's root is the host's root (private_users: true maps it to an unprivileged uid range)")}
+	}
+	var out []Finding
+	major, minor, _ := KernelVersion(f.KernelRelease)
+	older := func(v [2]int) bool { return major < v[0] || major == v[0] && minor < v[1] }
+	switch {
+	case !f.RootBtrfs || f.Storage == machine.StorageOverlay || f.Storage == machine.StorageVolatile:
+		out = append(out, fail(check, "on, but machines do not run on btrfs snapshots (the kernel cannot idmap an overlayfs root): every prepare fails", "nspawn-runner setup --loopback 20G and machine.storage auto or btrfs, or turn private_users off"))
+	case f.UserNamespaces == 0:
+		out = append(out, fail(check, "on, but user namespaces are off: every prepare fails", "sysctl user.max_user_namespaces=15000"))
+	case !f.CanEnterUserNS:
+		out = append(out, fail(check, "on, but this nspawn-runner was built without cgo and cannot enter such machines", "build it with make build (CGO_ENABLED=1)"))
+	case older([2]int{5, 15}):
+		out = append(out, fail(check, "on, but kernel "+f.KernelRelease+" cannot idmap btrfs mounts (5.15)", "upgrade the kernel or turn private_users off"))
+	}
+	for _, b := range f.BindFS {
+		v, good := idmapFS[b.FS]
+		switch {
+		case good && older(v):
+			out = append(out, fail(check, fmt.Sprintf("%s %s is on %s, which kernel %s cannot idmap (%d.%d): prepare fails", b.Key, b.Path, b.FS, f.KernelRelease, v[0], v[1]), "move it to btrfs, ext4 or xfs, or turn private_users off"))
+		case slices.Contains(noIDMapFS, b.FS):
+			out = append(out, fail(check, fmt.Sprintf("%s %s is on %s, which the kernel cannot idmap: prepare fails", b.Key, b.Path, b.FS), "move it to btrfs, ext4 or xfs, or turn private_users off"))
+		case !good:
+			out = append(out, warn(check, fmt.Sprintf("%s %s is on %s: cannot tell whether the kernel idmaps it", b.Key, b.Path, b.FS), "if prepare says it cannot idmap the bind, move it to btrfs, ext4 or xfs"))
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, ok(check, "on: jobs run as an unprivileged uid range on the host (btrfs snapshots, idmapped binds)"))
 	}
 	return out
 }

@@ -119,6 +119,22 @@ func TestChecks(t *testing.T) {
 		{"no systemd, cron", func(f *Facts) { f.Systemd, f.Cron = false, true }, "timers", OK, "cron"},
 		{"dead machine", func(f *Facts) { f.Machines[0].State = machine.StateDead }, "machines.dead", Warn, "nr-1-abc"},
 		{"old machine", func(f *Facts) { f.Machines[0].Created = now.Add(-48 * time.Hour) }, "machines.old", Warn, "nr-1-abc"},
+		{"private users off", func(f *Facts) {}, "machine.private_users", OK, "off"},
+		{"private users on", func(f *Facts) {
+			f.PrivateUsers, f.CanEnterUserNS, f.BindFS = true, true, []BindFS{{"gitlab.cache_dir", "/var/cache/nspawn-runner", "ext4"}}
+		}, "machine.private_users", OK, "unprivileged uid range"},
+		{"private users on overlays", func(f *Facts) { f.PrivateUsers, f.CanEnterUserNS, f.RootBtrfs = true, true, false }, "machine.private_users", Fail, "btrfs"},
+		{"private users without cgo", func(f *Facts) { f.PrivateUsers = true }, "machine.private_users", Fail, "cgo"},
+		{"private users, userns off", func(f *Facts) { f.PrivateUsers, f.CanEnterUserNS, f.UserNamespaces = true, true, 0 }, "machine.private_users", Fail, "user namespaces are off"},
+		{"private users, cache on nfs", func(f *Facts) {
+			f.PrivateUsers, f.CanEnterUserNS, f.BindFS = true, true, []BindFS{{"gitlab.cache_dir", "/srv/cache", "nfs"}}
+		}, "machine.private_users", Fail, "gitlab.cache_dir /srv/cache is on nfs"},
+		{"private users, builds on tmpfs of 6.1", func(f *Facts) {
+			f.PrivateUsers, f.CanEnterUserNS, f.BindFS = true, true, []BindFS{{"gitlab.builds_dir", "/b", "tmpfs"}}
+		}, "machine.private_users", Fail, "(6.3)"},
+		{"private users, cache on an unknown filesystem", func(f *Facts) {
+			f.PrivateUsers, f.CanEnterUserNS, f.BindFS = true, true, []BindFS{{"gitlab.cache_dir", "/c", "type 0x1234"}}
+		}, "machine.private_users", Warn, "cannot tell"},
 		{"low inotify limit", func(f *Facts) {
 			f.Limits = []limits.Shortfall{{Limit: limits.Wanted[0], Have: 128}}
 		}, "limits.fs.inotify.max_user_instances", Warn, "is 128, below 8192"},

@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -23,6 +24,7 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/machine"
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
 	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
+	"github.com/nspawn-runner/nspawn-runner/sys/ns"
 	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 	"github.com/nspawn-runner/nspawn-runner/sys/sysctl"
 )
@@ -120,7 +122,59 @@ func Gather(ctx context.Context, h Host) Facts {
 
 	f.Machines, f.MachinesErr = h.Machines.List(ctx)
 	f.Limits = limits.Check(h.Sysctl)
+
+	f.PrivateUsers, f.CanEnterUserNS = h.Config.Machine.PrivateUsers, ns.CanEnterUserNS
+	for _, d := range []struct{ key, path string }{{"gitlab.cache_dir", h.Config.GitLab.CacheDir}, {"gitlab.builds_dir", h.Config.GitLab.BuildsDir}} {
+		if d.path != "" {
+			f.BindFS = append(f.BindFS, BindFS{Key: d.key, Path: d.path, FS: fsName(d.path)})
+		}
+	}
 	return f
+}
+
+// fsName is the filesystem type of path, or of its nearest existing
+// parent (a cache directory is made at the first job), by statfs(2).
+func fsName(path string) string {
+	var st unix.Statfs_t
+	for p := path; ; p = filepath.Dir(p) {
+		if unix.Statfs(p, &st) == nil {
+			break
+		}
+		if p == "/" {
+			return "unknown"
+		}
+	}
+	switch uint32(st.Type) {
+	case unix.BTRFS_SUPER_MAGIC:
+		return "btrfs"
+	case unix.EXT4_SUPER_MAGIC:
+		return "ext4"
+	case unix.XFS_SUPER_MAGIC:
+		return "xfs"
+	case unix.TMPFS_MAGIC:
+		return "tmpfs"
+	case unix.F2FS_SUPER_MAGIC:
+		return "f2fs"
+	case unix.MSDOS_SUPER_MAGIC:
+		return "vfat"
+	case unix.EROFS_SUPER_MAGIC_V1:
+		return "erofs"
+	case unix.NFS_SUPER_MAGIC:
+		return "nfs"
+	case unix.V9FS_MAGIC:
+		return "9p"
+	case unix.RAMFS_MAGIC:
+		return "ramfs"
+	case unix.CIFS_SUPER_MAGIC:
+		return "cifs"
+	case unix.SMB2_SUPER_MAGIC:
+		return "smb2"
+	case unix.FUSE_SUPER_MAGIC:
+		return "fuse"
+	case unix.OVERLAYFS_SUPER_MAGIC:
+		return "overlay"
+	}
+	return fmt.Sprintf("type %#x", uint32(st.Type))
 }
 
 func cmpOr(a, b string) string {
