@@ -84,8 +84,9 @@ type Facts struct {
 	// Self is this nspawn-runner's path, which the runner section's
 	// *_exec should name.
 	Self string
-	// ReadyTimeout and StopTimeout are the config's machine timeouts.
-	ReadyTimeout, StopTimeout time.Duration
+	// ReadyTimeout, StopTimeout and ServicesTimeout are the config's
+	// machine timeouts.
+	ReadyTimeout, StopTimeout, ServicesTimeout time.Duration
 
 	Images       []bootstrap.Image
 	ImagesErr    error
@@ -302,11 +303,16 @@ func checkRunnerConfig(f Facts) []Finding {
 				bad = append(bad, fmt.Sprintf("%s is %q", e.key, e.exec))
 			}
 		}
-		// prepare waits for the machine (ready_timeout) and may first
-		// remove a machine an earlier try left (stop_timeout); cleanup
-		// stops it gracefully (stop_timeout) and then removes storage.
-		if need := f.ReadyTimeout + f.StopTimeout; s.PrepareTimeout > 0 && time.Duration(s.PrepareTimeout)*time.Second < need {
-			bad = append(bad, fmt.Sprintf("prepare_exec_timeout = %d is shorter than ready_timeout + stop_timeout (%s)", s.PrepareTimeout, need))
+		// prepare waits for the machine (ready_timeout) and its services
+		// (services_timeout, at the same time) and may first remove a
+		// machine an earlier try left (stop_timeout); cleanup stops it
+		// gracefully (stop_timeout) and then removes storage.
+		if need := max(f.ReadyTimeout, f.ServicesTimeout) + f.StopTimeout; s.PrepareTimeout > 0 && time.Duration(s.PrepareTimeout)*time.Second < need {
+			what := "ready_timeout"
+			if f.ServicesTimeout > f.ReadyTimeout {
+				what = "services_timeout"
+			}
+			bad = append(bad, fmt.Sprintf("prepare_exec_timeout = %d is shorter than %s + stop_timeout (%s)", s.PrepareTimeout, what, need))
 		}
 		if need := f.StopTimeout + 10*time.Second; s.CleanupTimeout > 0 && time.Duration(s.CleanupTimeout)*time.Second < need {
 			bad = append(bad, fmt.Sprintf("cleanup_exec_timeout = %d is shorter than stop_timeout + 10s (%s)", s.CleanupTimeout, need))

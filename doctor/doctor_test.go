@@ -101,6 +101,9 @@ func TestChecks(t *testing.T) {
 		{"short prepare timeout", func(f *Facts) {
 			f.RunnerConfig = strings.Replace(f.RunnerConfig, "prepare_exec_timeout = 300", "prepare_exec_timeout = 30", 1)
 		}, "gitlab-runner.config", Warn, "prepare_exec_timeout = 30"},
+		{"services timeout past prepare timeout", func(f *Facts) {
+			f.ServicesTimeout = 10 * time.Minute
+		}, "gitlab-runner.config", Warn, "shorter than services_timeout + stop_timeout"},
 		{"short cleanup timeout", func(f *Facts) {
 			f.RunnerConfig = strings.Replace(f.RunnerConfig, "cleanup_exec_timeout = 120", "cleanup_exec_timeout = 5", 1)
 		}, "gitlab-runner.config", Warn, "cleanup_exec_timeout = 5"},

@@ -58,6 +58,7 @@ func Gather(ctx context.Context, h Host) Facts {
 		Now: time.Now(), Root: h.Config.Root, Storage: h.Config.Machine.Storage, Self: h.Self,
 		DefaultImage: h.Config.DefaultImage,
 		ReadyTimeout: h.Config.Machine.ReadyTimeout.D(), StopTimeout: h.Config.Machine.StopTimeout.D(),
+		ServicesTimeout: h.Config.Machine.ServicesTimeout.D(),
 	}
 	var uts unix.Utsname
 	if unix.Uname(&uts) == nil {
