@@ -41,6 +41,7 @@ const tcpsvcPlaybook = `- hosts: all
           print("tcpsvc listening on", port, flush=True)
           while True:
               c, _ = s.accept()
+              print("tcpsvc served a connection", flush=True)
               c.sendall((os.environ.get("GREETING", "tcpsvc") + "\n").encode())
               c.close()
     - name: the unit
@@ -153,7 +154,13 @@ func TestServices(t *testing.T) {
 		probe("command", "cmd:7001"),
 		probe("relay", "relay:7002"),
 	}, "\n")
-	out := results(j1.must("run", j1.script("probe", script), "build_script").stdout)
+	r = j1.must("run", j1.script("probe", script), "build_script")
+	// CI_DEBUG_SERVICES goes on in every stage, from where the last one
+	// stopped.
+	if !strings.Contains(r.stderr, "[service tcpsvc:cmd] tcpsvc served a connection") || strings.Contains(r.stderr, "listening on 7001") {
+		t.Errorf("CI_DEBUG_SERVICES: the run stage's log does not have exactly the services' new output:\n%s", r.stderr)
+	}
+	out := results(r.stdout)
 	for k, v := range map[string]string{"alias": "ok:tcpsvc", "alias2": "ok:tcpsvc", "derived": "ok:tcpsvc", "derived2": "ok:tcpsvc", "command": "ok:from-the-job", "relay": "ok:tcpsvc"} {
 		if out[k] != v {
 			t.Errorf("job 1: %s = %q, want %q", k, out[k], v)

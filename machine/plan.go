@@ -90,8 +90,9 @@ type Layout struct {
 	// RunDir holds nspawn.log and scripts/ (and hosts, the /etc/hosts
 	// of a job with services).
 	RunDir, Log, Scripts, Hosts string
-	// ServiceEnv is a command service's environment (ServiceEnvPath).
-	ServiceEnv string
+	// ServiceEnv is a command service's environment (ServiceEnvPath);
+	// DebugOffset how far CI_DEBUG_SERVICES has streamed its log.
+	ServiceEnv, DebugOffset string
 	// MachineDir is ROOT/.machines/NAME; Tree is the root directory
 	// systemd-nspawn runs (the snapshot or the overlay mount point);
 	// Upper and Work are the overlay's directories.
@@ -109,19 +110,20 @@ func LayoutOf(root, runDir, cgroupParent, name string) Layout {
 	md := filepath.Join(root, MachinesDirName, name)
 	rd := filepath.Join(runDir, "machines", name)
 	return Layout{
-		Name:       name,
-		Record:     rd + ".json",
-		Lock:       rd + ".lock",
-		RunDir:     rd,
-		Log:        filepath.Join(rd, "nspawn.log"),
-		Scripts:    filepath.Join(rd, "scripts"),
-		Hosts:      filepath.Join(rd, "hosts"),
-		ServiceEnv: filepath.Join(rd, "service.env"),
-		MachineDir: md,
-		Tree:       filepath.Join(md, "root"),
-		Upper:      filepath.Join(md, "upper"),
-		Work:       filepath.Join(md, "work"),
-		Cgroup:     filepath.Join(cgroupParent, name),
+		Name:        name,
+		Record:      rd + ".json",
+		Lock:        rd + ".lock",
+		RunDir:      rd,
+		Log:         filepath.Join(rd, "nspawn.log"),
+		Scripts:     filepath.Join(rd, "scripts"),
+		Hosts:       filepath.Join(rd, "hosts"),
+		ServiceEnv:  filepath.Join(rd, "service.env"),
+		DebugOffset: filepath.Join(rd, "debug-offset"),
+		MachineDir:  md,
+		Tree:        filepath.Join(md, "root"),
+		Upper:       filepath.Join(md, "upper"),
+		Work:        filepath.Join(md, "work"),
+		Cgroup:      filepath.Join(cgroupParent, name),
 	}
 }
 

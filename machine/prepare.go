@@ -238,6 +238,7 @@ func (m *Manager) prepare(ctx context.Context, o startOpts) error {
 		PrivateUsers: m.Config.PrivateUsers,
 		Path:         req.Path, Env: req.Env, Binds: req.Binds, Created: time.Now().UTC(),
 		Job: o.job, Service: o.service, Aliases: o.aliases, PoolKey: o.poolKey,
+		DebugServices: o.job == "" && len(req.Services) > 0 && req.DebugServices,
 	}
 	if storage != StorageVolatile {
 		rec.Tree, rec.MachineDir = l.Tree, l.MachineDir

@@ -80,6 +80,9 @@ type Record struct {
 	// Machine is systemd-nspawn's name of the machine when it is not Name:
 	// a claimed pooled machine keeps the name it was started with.
 	Machine string `json:"machine,omitempty"`
+	// DebugServices: the job set CI_DEBUG_SERVICES, and every stage
+	// streams its services' output.
+	DebugServices bool `json:"debug_services,omitempty"`
 }
 
 // Bind is a host directory or file bind-mounted into a machine. It is part

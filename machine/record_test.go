@@ -26,7 +26,7 @@ func goldenRecord() *Record {
 			{Host: "/usr/bin/gitlab-runner", Machine: "/usr/local/bin/gitlab-runner", ReadOnly: true},
 		},
 		Created: time.Date(2026, 12, 4, 5, 30, 0, 123456789, time.UTC),
-		Job:     "nr-42-0123456789ab", Service: "postgres:16", Aliases: []string{"db", "postgres"},
+		Job:     "nr-42-0123456789ab", Service: "postgres:16", Aliases: []string{"db", "postgres"}, DebugServices: true,
 		// A pooled machine has a pool key, a claimed one the name it was
 		// started with; one record holds both for the format's sake.
 		PoolKey: "0123456789abcdef01234567", Machine: "nr-pool-0123456789abc",
@@ -81,7 +81,7 @@ func TestRecordUntaggedBinds(t *testing.T) {
 	want := goldenRecord()
 	want.Network, want.Address, want.PoolKey, want.Machine = "", "", "", ""
 	// And the service fields.
-	want.Job, want.Service, want.Aliases = "", "", nil
+	want.Job, want.Service, want.Aliases, want.DebugServices = "", "", nil, false
 	want.PrivateUsers, want.UIDShift = false, 0
 	if !reflect.DeepEqual(r, want) {
 		t.Errorf("readRecord(testdata/record-untagged-binds.json) = %+v, want %+v", r, want)

@@ -72,6 +72,15 @@ func (m *Manager) Run(ctx context.Context, req RunRequest) error {
 		return fmt.Errorf("run: machine %s (leader pid %d): %w: %v", name, rec.LeaderPID, ErrDead, err)
 	}
 	defer leader.Close()
+	if rec.DebugServices {
+		// CI_DEBUG_SERVICES: the services' output goes on during every
+		// stage, as the docker executor streams it.
+		out := io.Writer(req.Stderr)
+		if req.Stderr == nil {
+			out = os.Stderr
+		}
+		defer m.streamServiceLogs(name, out)()
+	}
 	stagetrace.Mark("record")
 
 	// The script: a copy in the machine's scripts directory on the host,

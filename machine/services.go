@@ -221,7 +221,7 @@ func (m *Manager) startServices(ctx context.Context, req PrepareRequest, job, ne
 			continue
 		}
 		s.locks = append(s.locks, lk)
-		logs = append(logs, serviceLog{name: svc.Name, path: l.Log})
+		logs = append(logs, serviceLog{name: svc.Name, path: l.Log, offset: l.DebugOffset})
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
@@ -374,8 +374,30 @@ func waitPort(ctx context.Context, nsPath string, port int) error {
 	}
 }
 
+// serviceLog is a service's log to stream: from the offset kept in the
+// file offset (where the previous stage stopped), which is updated at
+// the end.
 type serviceLog struct {
-	name, path string
+	name, path, offset string
+}
+
+// streamServiceLogs streams the logs of job's services to out while a
+// stage runs (CI_DEBUG_SERVICES); call stop when it ends.
+func (m *Manager) streamServiceLogs(job string, out io.Writer) (stop func()) {
+	names, err := m.servicesOf(job)
+	if err != nil {
+		m.log().Warn("listing the job's services", "err", err)
+	}
+	var logs []serviceLog
+	for _, n := range names {
+		l := m.layout(n)
+		rec, err := readRecord(l.Record)
+		if err != nil {
+			continue
+		}
+		logs = append(logs, serviceLog{name: rec.Service, path: l.Log, offset: l.DebugOffset})
+	}
+	return streamLogs(out, logs)
 }
 
 // streamLogs copies what the services write to their logs to out, each
@@ -389,11 +411,17 @@ func streamLogs(out io.Writer, logs []serviceLog) (stop func()) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			followLog(ctx, sl.path, func(line []byte) {
+			var from int64
+			if b, err := os.ReadFile(sl.offset); err == nil {
+				from, _ = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+			}
+			end := followLog(ctx, sl.path, from, func(line []byte) {
 				mu.Lock()
 				fmt.Fprintf(out, "[service %s] %s\n", sl.name, line)
 				mu.Unlock()
 			})
+			// The run dir is gone when the service was removed.
+			_ = os.WriteFile(sl.offset, []byte(strconv.FormatInt(end, 10)+"\n"), 0o600)
 		}()
 	}
 	return func() {
@@ -402,11 +430,13 @@ func streamLogs(out io.Writer, logs []serviceLog) (stop func()) {
 	}
 }
 
-// followLog calls line for every complete line written to path until ctx
-// ends, then once more for what is left (the file may not exist yet).
-func followLog(ctx context.Context, path string, line func([]byte)) {
+// followLog calls line for every complete line written to path from
+// offset from on until ctx ends, then once more for what is left (the
+// file may not exist yet). It returns the offset it read to.
+func followLog(ctx context.Context, path string, from int64, line func([]byte)) int64 {
 	var f *os.File
 	var pending []byte
+	pos := from
 	buf := make([]byte, 32<<10)
 	t := time.NewTicker(limitPoll)
 	defer t.Stop()
@@ -422,10 +452,14 @@ func followLog(ctx context.Context, path string, line func([]byte)) {
 				continue
 			}
 			defer f.Close()
+			if _, err := f.Seek(from, io.SeekStart); err != nil {
+				return from
+			}
 		}
 		for {
 			n, err := f.Read(buf)
 			pending = append(pending, buf[:n]...)
+			pos += int64(n)
 			if n == 0 || err != nil {
 				break
 			}
@@ -442,4 +476,5 @@ func followLog(ctx context.Context, path string, line func([]byte)) {
 	if len(pending) > 0 {
 		line(pending)
 	}
+	return pos
 }

@@ -105,7 +105,10 @@ func TestFollowLog(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		followLog(ctx, p, func(b []byte) { mu.Lock(); lines = append(lines, string(b)); mu.Unlock() })
+		end := followLog(ctx, p, 4, func(b []byte) { mu.Lock(); lines = append(lines, string(b)); mu.Unlock() })
+		if end != int64(len("one\ntwo\r\nthree")) {
+			t.Errorf("followLog read to %d", end)
+		}
 	}()
 	// The file appears later and grows in pieces.
 	time.Sleep(2 * limitPoll)
@@ -120,7 +123,8 @@ func TestFollowLog(t *testing.T) {
 	time.Sleep(2 * limitPoll)
 	cancel()
 	<-done
-	if want := []string{"one", "two", "three"}; !slices.Equal(lines, want) {
+	// From offset 4: the first line was streamed before.
+	if want := []string{"two", "three"}; !slices.Equal(lines, want) {
 		t.Errorf("followLog lines = %q, want %q", lines, want)
 	}
 }
