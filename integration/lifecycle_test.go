@@ -742,6 +742,24 @@ func lcSigkill(t *testing.T, h *lcHost) {
 }
 
 // lcConcurrent runs 8 jobs from one image at once.
+// prepareAtOnce starts n prepares of new jobs at the same time and waits
+// for them all.
+func prepareAtOnce(h *lcHost, n int, mode string) ([]*job, []result) {
+	var wg sync.WaitGroup
+	jobs := make([]*job, n)
+	codes := make([]result, n)
+	for i := range jobs {
+		jobs[i] = h.newJob()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			codes[i] = jobs[i].call("prepare", "bookworm", "--mode", mode)
+		}()
+	}
+	wg.Wait()
+	return jobs, codes
+}
+
 func lcConcurrent(t *testing.T, h *lcHost, mode string) {
 	var wg sync.WaitGroup
 	errs := make(chan string, 8)

@@ -15,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -349,18 +348,7 @@ func TestNetworkPrivate(t *testing.T) {
 // cleanups, then gc, leave no veth, allocation or rule behind.
 func TestNetworkConcurrentAndKilled(t *testing.T) {
 	h, w := newNetHost(t, netYAML)
-	var wg sync.WaitGroup
-	jobs := make([]*job, 8)
-	codes := make([]result, 8)
-	for i := range jobs {
-		jobs[i] = h.newJob()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			codes[i] = jobs[i].call("prepare", "bookworm", "--mode", "fast")
-		}()
-	}
-	wg.Wait()
+	jobs, codes := prepareAtOnce(h, 8, "fast")
 	seen := map[string]string{}
 	for i, j := range jobs {
 		if codes[i].code != 0 {

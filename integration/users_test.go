@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -167,18 +166,7 @@ func TestPrivateUsersLifecycle(t *testing.T) {
 		t.Run(mode, func(t *testing.T) { lcStages(t, h, mode, "btrfs") })
 	}
 	t.Run("concurrent ranges", func(t *testing.T) {
-		var wg sync.WaitGroup
-		jobs := make([]*job, 8)
-		codes := make([]result, 8)
-		for i := range jobs {
-			jobs[i] = h.newJob()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				codes[i] = jobs[i].call("prepare", "bookworm", "--mode", "fast")
-			}()
-		}
-		wg.Wait()
+		jobs, codes := prepareAtOnce(h, 8, "fast")
 		shifts := map[int]string{}
 		for i, j := range jobs {
 			if codes[i].code != 0 {

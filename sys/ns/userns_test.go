@@ -18,26 +18,29 @@ import (
 // userNSBase is the host uid and gid the test's user namespace maps to 0.
 const userNSBase = 200000
 
-// userNSLeader starts a sleep in new user (0 -> userNSBase), mount, pid
-// and uts namespaces, as systemd-nspawn --private-users makes them.
-func userNSLeader(t *testing.T) (*Proc, *exec.Cmd) {
-	t.Helper()
+// nsLeader starts a sleep in new mount, pid and uts namespaces and, when
+// user, a new user namespace mapping 0 to userNSBase, as systemd-nspawn
+// (--private-users) makes them.
+func nsLeader(tb testing.TB, user bool) (*Proc, *exec.Cmd) {
+	tb.Helper()
 	leader := exec.Command("sleep", "1000")
-	leader.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags:                 unix.CLONE_NEWUSER | unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS,
-		UidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: userNSBase, Size: 65536}},
-		GidMappings:                []syscall.SysProcIDMap{{ContainerID: 0, HostID: userNSBase, Size: 65536}},
-		GidMappingsEnableSetgroups: true,
+	attr := &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS}
+	if user {
+		attr.Cloneflags |= unix.CLONE_NEWUSER
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: userNSBase, Size: 65536}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: userNSBase, Size: 65536}}
+		attr.GidMappingsEnableSetgroups = true
 	}
+	leader.SysProcAttr = attr
 	if err := leader.Start(); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { leader.Process.Kill(); leader.Wait() })
+	tb.Cleanup(func() { leader.Process.Kill(); leader.Wait() })
 	p, err := Open(leader.Process.Pid, 0)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	t.Cleanup(func() { p.Close() })
+	tb.Cleanup(func() { p.Close() })
 	return p, leader
 }
 
@@ -50,7 +53,7 @@ func TestStartInUserNS(t *testing.T) {
 	if !CanEnterUserNS {
 		t.Skip("built without cgo")
 	}
-	p, _ := userNSLeader(t)
+	p, _ := nsLeader(t, true)
 	own, err := OwnUserNS(p.PID)
 	if err != nil || !own {
 		t.Fatalf("OwnUserNS(leader) = %v, %v, want true", own, err)
@@ -102,7 +105,7 @@ func TestStartInUserNSErrors(t *testing.T) {
 	if !CanEnterUserNS {
 		t.Skip("built without cgo")
 	}
-	p, leader := userNSLeader(t)
+	p, leader := nsLeader(t, true)
 	if _, err := Start(p, Cmd{Path: "no-such-program", Args: []string{"x"}, Env: []string{"PATH=/usr/bin:/bin"}, CgroupFD: -1}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Start(missing program) = %v, want ErrNotFound", err)
 	}
@@ -144,10 +147,8 @@ func TestParseIDMap(t *testing.T) {
 // one without (setns from the locked thread), alternating.
 func BenchmarkStartUserNS(b *testing.B) {
 	testutil.RequireRoot(b)
-	withUser, leader := userNSLeaderB(b, true)
-	defer leader()
-	without, leader2 := userNSLeaderB(b, false)
-	defer leader2()
+	withUser, _ := nsLeader(b, true)
+	without, _ := nsLeader(b, false)
 	var du, dn time.Duration
 	for i := 0; i < b.N; i++ {
 		for _, p := range []*Proc{withUser, without} {
@@ -169,24 +170,4 @@ func BenchmarkStartUserNS(b *testing.B) {
 	b.ReportMetric(float64(du.Microseconds())/float64(b.N)/1000, "userns-ms")
 	b.ReportMetric(float64(dn.Microseconds())/float64(b.N)/1000, "plain-ms")
 	b.ReportMetric(float64(du)/float64(dn), "x-plain")
-}
-
-func userNSLeaderB(b *testing.B, user bool) (*Proc, func()) {
-	leader := exec.Command("sleep", "1000")
-	attr := &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS}
-	if user {
-		attr.Cloneflags |= unix.CLONE_NEWUSER
-		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: userNSBase, Size: 65536}}
-		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: userNSBase, Size: 65536}}
-		attr.GidMappingsEnableSetgroups = true
-	}
-	leader.SysProcAttr = attr
-	if err := leader.Start(); err != nil {
-		b.Fatal(err)
-	}
-	p, err := Open(leader.Process.Pid, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	return p, func() { p.Close(); leader.Process.Kill(); leader.Wait() }
 }
