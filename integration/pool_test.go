@@ -457,3 +457,45 @@ func TestPoolFaults(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolPrivateUsers: with machine.private_users, a claimed machine's
+// writable binds are idmapped as a fresh machine's are (the job's root
+// writes the builds dir and the cache as the host's root), its job is
+// root inside an unprivileged range, and the runner binary works.
+func TestPoolPrivateUsers(t *testing.T) {
+	r := newPoolRunner(t, Options{StandIn: true, BuildsDir: true, Machine: "  private_users: true\n"}, 1)
+	r.fillPool(t, 1)
+	j := Job{ProjectID: 7, ProjectPath: "group/users", Script: []string{
+		`echo "uid=$(id -u)"`,
+		`echo "map=$(cat /proc/self/uid_map | tr -s ' ')"`,
+		`mkdir -p vendor && echo cached > vendor/data.txt`,
+		`echo built > "$CI_PROJECT_DIR/built-by-job"`,
+	}}
+	cacheStages(&j, gitlab.MachineCacheDir, filepath.Join(gitlab.MachineBuildsDir, j.ProjectPath))
+	res := r.RunJob(t, j)
+	mustPass(t, res)
+	if _, p := claimed(res); p == "" {
+		t.Fatalf("the job did not claim the pooled machine:\n%s", res.Log)
+	}
+	out := res.Stage("build_script").Stdout
+	if !strings.Contains(out, "uid=0\n") || strings.Contains(out, "map= 0 0 ") {
+		t.Errorf("the job is not root in a user namespace of its own:\n%s", out)
+	}
+	if s := res.Stage("archive_cache"); !strings.Contains(s.Stdout, "STANDIN archived") {
+		t.Errorf("archive_cache did not run the runner binary:\n%s", res.Log)
+	}
+	found := 0
+	_ = filepath.WalkDir(r.BuildsDir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.Name() == "built-by-job" {
+			found++
+			var st syscall.Stat_t
+			if err := syscall.Stat(p, &st); err != nil || st.Uid != 0 || st.Gid != 0 {
+				t.Errorf("%s on the host: owner %d:%d (%v), want 0:0 (idmapped bind)", p, st.Uid, st.Gid, err)
+			}
+		}
+		return nil
+	})
+	if found != 1 {
+		t.Errorf("found %d built-by-job files in the builds dir, want 1", found)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -137,10 +138,12 @@ func (m *Manager) ready(rec *Record, key string, st *unix.Stat_t, now time.Time)
 }
 
 // claim takes over a ready pooled machine of req.Image as the job's
-// machine l (whose lock the caller holds and of which nothing exists).
+// machine l (whose lock the caller holds and of which nothing exists),
+// calling taken once the pooled machine is the job's (before its attach).
 // errPoolEmpty: none was ready. Any other error: one was taken but could
 // not be given to the job; it is destroyed and nothing of l is left.
-func (m *Manager) claim(ctx context.Context, req PrepareRequest, l Layout, mode, imagePath string) (string, error) {
+func (m *Manager) claim(ctx context.Context, req PrepareRequest, l Layout, mode, imagePath string, taken func()) (string, error) {
+	t0 := time.Now()
 	var st unix.Stat_t
 	if err := unix.Stat(imagePath, &st); err != nil {
 		return "", fmt.Errorf("stat image %s: %w", imagePath, err)
@@ -172,6 +175,7 @@ func (m *Manager) claim(ctx context.Context, req PrepareRequest, l Layout, mode,
 			lk.release(false)
 			continue
 		}
+		tLocked := time.Now()
 		err = m.takeOver(rec, pl, l, req)
 		if err != nil {
 			// Nothing of it may serve anyone: destroy it under both
@@ -186,6 +190,8 @@ func (m *Manager) claim(ctx context.Context, req PrepareRequest, l Layout, mode,
 			return "", fmt.Errorf("claim pooled machine %s: %w", pl.Name, err)
 		}
 		lk.release(true)
+		taken()
+		tTaken := time.Now()
 		if err := m.attach(ctx, l, req); err != nil {
 			dctx, cancel := m.destroyContext(ctx)
 			if derr := m.destroy(dctx, l); derr != nil {
@@ -194,7 +200,8 @@ func (m *Manager) claim(ctx context.Context, req PrepareRequest, l Layout, mode,
 			cancel()
 			return "", fmt.Errorf("attach pooled machine %s: %w", pl.Name, err)
 		}
-		m.log().Info("claimed a pooled machine", "machine", l.Name, "pooled", pl.Name, "image", req.Image)
+		m.log().Info("claimed a pooled machine", "machine", l.Name, "pooled", pl.Name, "image", req.Image,
+			"find", tLocked.Sub(t0), "take_over", tTaken.Sub(tLocked), "attach", time.Since(tTaken))
 		return pl.Name, nil
 	}
 	return "", errPoolEmpty
@@ -276,6 +283,13 @@ func (m *Manager) attach(ctx context.Context, l Layout, req PrepareRequest) erro
 			return err
 		}
 		trees = append(trees, t)
+		if rec.PrivateUsers && !b.ReadOnly {
+			// As systemd-nspawn's idmap bind option (plan.go): the
+			// machine's root writes as the host's root.
+			if err := idmapTree(t, leader); err != nil {
+				return err
+			}
+		}
 	}
 	err = ns.Do(leader, unix.CLONE_NEWNS|unix.CLONE_NEWUTS, func() error {
 		// This thread's root is the machine's: paths, symlinks
@@ -310,6 +324,20 @@ func (m *Manager) attach(ctx context.Context, l Layout, req PrepareRequest) erro
 	}
 	rec.State = StateRunning
 	return writeRecord(l.Record, rec)
+}
+
+// idmapTree idmaps t with the user namespace of the pinned leader.
+func idmapTree(t *mount.Tree, leader *ns.Proc) error {
+	userns, err := os.Open("/proc/" + strconv.Itoa(leader.PID) + "/ns/user")
+	if err != nil {
+		return fmt.Errorf("machine user namespace: %w", err)
+	}
+	defer userns.Close()
+	// Opened by pid: still the leader's if the leader still lives.
+	if !leader.Alive() {
+		return fmt.Errorf("machine leader %d: %w", leader.PID, ns.ErrGone)
+	}
+	return t.IDMap(userns)
 }
 
 // mountPoint makes path (and its parents) for a bind, a directory or an
@@ -375,10 +403,6 @@ func (m *Manager) FillPool(ctx context.Context, image string, wait bool) (PoolRe
 	}
 	defer lk.Unlock()
 	size := m.Config.Pool[image]
-	if m.Config.PrivateUsers {
-		// Never claimed (prepare starts those machines fresh): no pool.
-		size = 0
-	}
 	imagePath, err := m.Images.Path(image)
 	if err != nil {
 		// The image is gone: so is its pool.
@@ -553,9 +577,23 @@ func (m *Manager) startRefill(image string) {
 	if len(m.RefillCommand) == 0 {
 		return
 	}
+	t0 := time.Now()
 	if err := m.spawnRefill(image); err != nil {
 		m.log().Warn("starting the pool's refill (gc tops it up instead)", "image", image, "err", err)
+		return
 	}
+	m.log().Debug("refill started", "image", image, "took", time.Since(t0))
+}
+
+// startRefillAsync is startRefill on another goroutine; wait waits for
+// it (the refill process itself is never waited for).
+func (m *Manager) startRefillAsync(image string) (wait func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.startRefill(image)
+	}()
+	return func() { <-done }
 }
 
 func (m *Manager) spawnRefill(image string) error {

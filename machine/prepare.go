@@ -139,11 +139,20 @@ func (m *Manager) PrepareJob(ctx context.Context, req PrepareRequest) (res Prepa
 		}
 	}
 	// A job with services starts fresh: its services join the network
-	// namespace its machine gets before systemd-nspawn starts. So does
-	// one with private_users: its writable binds must be idmapped.
-	if m.Config.Pool[req.Image] > 0 && len(req.Services) == 0 && !m.Config.PrivateUsers {
-		defer m.startRefill(req.Image)
-		pooled, err := m.claim(ctx, req, l, mode, imagePath)
+	// namespace its machine gets before systemd-nspawn starts.
+	if m.Config.Pool[req.Image] > 0 && len(req.Services) == 0 {
+		// The refill starts as soon as a pooled machine is taken (it no
+		// longer counts as ready), alongside the attach; with none taken,
+		// at the end.
+		refilling, wait := false, func() {}
+		defer func() {
+			if !refilling {
+				m.startRefill(req.Image)
+			}
+			wait()
+		}()
+		taken := func() { refilling, wait = true, m.startRefillAsync(req.Image) }
+		pooled, err := m.claim(ctx, req, l, mode, imagePath, taken)
 		if err == nil {
 			res.Pooled = pooled
 			return res, nil

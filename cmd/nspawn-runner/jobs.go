@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -55,12 +56,22 @@ func (g *globals) refillCommand(f *machineFlags) []string {
 	}
 	argv := []string{exe}
 	if g.configPath != "" {
-		argv = append(argv, "--config", g.configPath)
+		// The refill runs in /: a relative path would name another file.
+		p, err := filepath.Abs(g.configPath)
+		if err != nil {
+			return nil
+		}
+		argv = append(argv, "--config", p)
 	}
 	if g.verbose {
 		argv = append(argv, "--verbose")
 	}
-	argv = append(argv, "--root", g.cfg.Root, "--run-dir", g.cfg.RunDir, "pool-fill")
+	root, err1 := filepath.Abs(g.cfg.Root)
+	runDir, err2 := filepath.Abs(g.cfg.RunDir)
+	if err1 != nil || err2 != nil {
+		return nil
+	}
+	argv = append(argv, "--root", root, "--run-dir", runDir, "pool-fill")
 	if f.namePrefix != "" {
 		argv = append(argv, "--name-prefix", f.namePrefix)
 	}

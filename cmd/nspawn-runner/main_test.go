@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -350,5 +351,21 @@ func TestParseRunAgreesWithKingpin(t *testing.T) {
 	}
 	if fast == 0 {
 		t.Errorf("no random command line took the fast parse")
+	}
+}
+
+// The detached refill runs in /: every path it gets is absolute, and it
+// gets this call's machine flags.
+func TestRefillCommand(t *testing.T) {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &globals{configPath: "rel.yaml", verbose: true}
+	g.cfg.Root, g.cfg.RunDir = "images", "/run/x"
+	argv := g.refillCommand(&machineFlags{namePrefix: "p-", cgroupParent: "cg"})
+	want := []string{"--config", filepath.Join(wd, "rel.yaml"), "--verbose", "--root", filepath.Join(wd, "images"), "--run-dir", "/run/x", "pool-fill", "--name-prefix", "p-", "--cgroup-parent", "cg"}
+	if len(argv) != len(want)+1 || !slices.Equal(argv[1:], want) {
+		t.Errorf("refillCommand = %q, want [EXE %q]", argv, want)
 	}
 }
