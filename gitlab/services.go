@@ -218,33 +218,15 @@ func SelectServices(getenv func(string) string, c ServiceChoice) ([]Service, err
 
 // JobVariables are the job's variables as KEY=VALUE (CUSTOM_ENV_ removed)
 // from a process environment, for services' commands: what the docker
-// executor puts in a service's environment. Names that are not shell
-// identifiers are left out.
+// executor puts in a service's environment. (The machine leaves out names
+// that are not shell identifiers.)
 func JobVariables(environ []string) []string {
 	var out []string
 	for _, kv := range environ {
 		rest, ok := strings.CutPrefix(kv, "CUSTOM_ENV_")
-		if !ok {
-			continue
+		if k, _, ok2 := strings.Cut(rest, "="); ok && ok2 && k != "" {
+			out = append(out, rest)
 		}
-		k, _, ok := strings.Cut(rest, "=")
-		if !ok || !isIdentifier(k) {
-			continue
-		}
-		out = append(out, rest)
 	}
 	return out
-}
-
-func isIdentifier(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c == '_' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || i > 0 && c >= '0' && c <= '9') {
-			return false
-		}
-	}
-	return true
 }

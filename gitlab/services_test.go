@@ -117,7 +117,7 @@ func TestSelectServices(t *testing.T) {
 }
 
 func TestJobVariables(t *testing.T) {
-	got := JobVariables([]string{"PATH=/bin", "CUSTOM_ENV_A=1", "CUSTOM_ENV_B=x=y", "CUSTOM_ENV_1X=no", "CUSTOM_ENV_a-b=no", "CUSTOM_ENV_C="})
+	got := JobVariables([]string{"PATH=/bin", "CUSTOM_ENV_A=1", "CUSTOM_ENV_B=x=y", "CUSTOM_ENV_=no", "CUSTOM_ENV_C=", "CUSTOM_ENV_D"})
 	if want := []string{"A=1", "B=x=y", "C="}; !reflect.DeepEqual(got, want) {
 		t.Errorf("JobVariables = %q, want %q", got, want)
 	}
