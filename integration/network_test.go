@@ -199,7 +199,7 @@ const netYAML = `  network: private
   deny_networks: [198.51.100.0/24]
 `
 
-func newNetHost(t *testing.T, machineYAML string) (*lcHost, *netWorld) {
+func newNetHost(t testing.TB, machineYAML string) (*lcHost, *netWorld) {
 	t.Helper()
 	w := newNetWorld(t)
 	h := newLCHost(t, true, machineYAML)

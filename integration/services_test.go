@@ -86,13 +86,13 @@ func strconvQuote(s string) string {
 // newServiceHost is a private-network host with the images bookworm,
 // tcpsvc (built from tcpsvcPlaybook by chroot-maintenance) and hidden
 // (outside allowed_images).
-func newServiceHost(t *testing.T, machineYAML string) (*lcHost, *netWorld) {
+func newServiceHost(t testing.TB, machineYAML string) (*lcHost, *netWorld) {
 	t.Helper()
 	testutil.RequireBinary(t, "ansible-playbook")
 	if !strings.Contains(machineYAML, "network:") {
 		machineYAML = netYAML + machineYAML
 	}
-	h, w := newNetHost(t, "  services_timeout: 8s\n"+machineYAML)
+	h, w := newNetHost(t, "  services_timeout: 40s\n"+machineYAML)
 	h.prefix = "nrt-svc-"
 	pbDir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(pbDir, "tcpsvc.yaml"), []byte(tcpsvcPlaybook), 0o644); err != nil {
