@@ -6,6 +6,7 @@ package integration
 // working; refusals where it cannot work.
 
 import (
+	"context"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -191,4 +192,20 @@ func TestPrivateUsersLifecycle(t *testing.T) {
 	t.Run("sigkill", func(t *testing.T) { lcSigkill(t, h) })
 	t.Run("nspawn died", func(t *testing.T) { lcNspawnDied(t, h) })
 	t.Run("sigterm during run", func(t *testing.T) { lcSigterm(t, h) })
+	t.Run("killed nspawn's range lock", func(t *testing.T) {
+		for _, mode := range []string{"fast", "boot"} {
+			_, rec := h.killedMachine(t, mode, "nspawn_pid")
+			lock := filepath.Join("/run/systemd/nspawn-uid", strconv.Itoa(num(rec["uid_shift"])))
+			if _, err := os.Stat(lock); err != nil {
+				t.Fatalf("%s: no lock file %s after systemd-nspawn was killed: nothing to test (%v)", mode, lock, err)
+			}
+			if r := h.exec(context.Background(), nil, "", "gc"); r.code != 0 {
+				t.Fatalf("gc: %d %s", r.code, r.stderr)
+			}
+			h.assertClean(t)
+			if _, err := os.Stat(lock); err == nil {
+				t.Errorf("%s: gc left systemd-nspawn's lock file %s of the machine's uid range", mode, lock)
+			}
+		}
+	})
 }

@@ -151,6 +151,14 @@ func (m *Manager) destroy(ctx context.Context, l Layout) error {
 	} else if err := os.RemoveAll(prop); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, err)
 	}
+	// A private-users machine's systemd-nspawn that was killed leaves
+	// the lock file of its uid range (the range itself is free once the
+	// machine's processes are gone).
+	if rec.UIDShift != 0 {
+		if _, err := nspawn.ReleaseUIDRange(rec.UIDShift); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if h, err := m.cgroups(); err == nil {
 		for _, cg := range cgs {
 			if err := h.Remove(cg); err != nil {
