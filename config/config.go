@@ -140,7 +140,7 @@ type Machine struct {
 }
 
 // MaxPool bounds one image's pool: every pooled machine holds its memory
-// (about 25 MiB idle in boot mode) whether jobs come or not.
+// (about 40 MiB idle in boot mode) whether jobs come or not.
 const MaxPool = 64
 
 // Network modes.

@@ -57,19 +57,27 @@ func TestFaultInjection(t *testing.T) {
 					// The recovery: gitlab-runner's cleanup, then gc.
 					r.mustMachine(t, point, "cleanup", "--id", id)
 					r.mustMachine(t, point, "gc")
-					if left := r.leftovers(); len(left) > 0 {
-						t.Errorf("%s: left behind:\n  %s", point, strings.Join(left, "\n  "))
-						r.forceClean()
-					}
-					if ents, _ := os.ReadDir(filepath.Join(r.Root, ".machines")); len(ents) > 0 {
-						t.Errorf("%s: machine trees left in %s/.machines: %d", point, r.Root, len(ents))
-					}
-					if ents, _ := filepath.Glob(filepath.Join(r.RunDir, "machines", "*.json")); len(ents) > 0 {
-						t.Errorf("%s: records left: %q", point, ents)
-					}
+					r.assertNothingLeft(t, point)
 				}
 			}
 		})
+	}
+}
+
+// assertNothingLeft checks, after the recovery from a fault at point,
+// that no process, record, machine tree, mount, subvolume or cgroup is
+// left (and removes what is).
+func (r *Runner) assertNothingLeft(t *testing.T, point string) {
+	t.Helper()
+	if left := r.leftovers(); len(left) > 0 {
+		t.Errorf("%s: left behind:\n  %s", point, strings.Join(left, "\n  "))
+		r.forceClean()
+	}
+	if ents, _ := os.ReadDir(filepath.Join(r.Root, ".machines")); len(ents) > 0 {
+		t.Errorf("%s: machine trees left in %s/.machines: %d", point, r.Root, len(ents))
+	}
+	if ents, _ := filepath.Glob(filepath.Join(r.RunDir, "machines", "*.json")); len(ents) > 0 {
+		t.Errorf("%s: records left: %q", point, ents)
 	}
 }
 

@@ -445,16 +445,7 @@ func TestPoolFaults(t *testing.T) {
 		r.setPool(t, 0)
 		r.waitRefills(t)
 		r.mustMachine(t, point, "gc")
-		if left := r.leftovers(); len(left) > 0 {
-			t.Errorf("%s: left behind:\n  %s", point, strings.Join(left, "\n  "))
-			r.forceClean()
-		}
-		if ents, _ := os.ReadDir(filepath.Join(r.Root, ".machines")); len(ents) > 0 {
-			t.Errorf("%s: machine trees left in %s/.machines: %d", point, r.Root, len(ents))
-		}
-		if ents, _ := filepath.Glob(filepath.Join(r.RunDir, "machines", "*.json")); len(ents) > 0 {
-			t.Errorf("%s: records left: %q", point, ents)
-		}
+		r.assertNothingLeft(t, point)
 	}
 }
 

@@ -211,4 +211,24 @@ func TestPoolClaimAndFallback(t *testing.T) {
 	if err := m.Cleanup(ctx, "2", "0123456789abcdef"); err != nil {
 		t.Fatal(err)
 	}
+
+	// The image is removed: gc removes its pool, configured or not.
+	pooled = fill()
+	m.Images = goneImage{}
+	res, err := m.GC(ctx, 0)
+	if err != nil {
+		t.Fatalf("GC with the pool's image gone: %v", err)
+	}
+	if len(res.Machines) != 1 || res.Machines[0] != pooled || len(res.Pooled) != 0 {
+		t.Errorf("GC with the pool's image gone = %+v, want %s removed and nothing started", res, pooled)
+	}
 }
+
+// goneImage is an image store whose images were all removed.
+type goneImage struct{}
+
+func (goneImage) Path(name string) (string, error) {
+	return "", errors.New("image " + name + " not found")
+}
+func (goneImage) Retired() ([]string, error) { return nil, nil }
+func (goneImage) RemoveTree(string) error    { return nil }
