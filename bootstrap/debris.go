@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/sys/atomicfile"
 	"github.com/nspawn-runner/nspawn-runner/sys/flock"
 )
 
@@ -134,10 +135,10 @@ func (s *Store) removeDebris(_, p string) error {
 // one: nothing is killed or deleted, since it may be an image in use.
 func (s *Store) retireSwap(name, p string) error {
 	to := s.path(retiredPrefix + strings.TrimPrefix(filepath.Base(p), swapPrefix))
-	err := rename(p, to, unix.RENAME_NOREPLACE)
+	err := atomicfile.Rename(p, to, unix.RENAME_NOREPLACE)
 	if errors.Is(err, unix.EEXIST) {
 		to = s.retiredPath(name)
-		err = rename(p, to, unix.RENAME_NOREPLACE)
+		err = atomicfile.Rename(p, to, unix.RENAME_NOREPLACE)
 	}
 	if err != nil {
 		return fmt.Errorf("retire %s: rename to %s: %w", p, to, err)

@@ -8,6 +8,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/sys/atomicfile"
 )
 
 // Retire takes the image's name away in one rename: prepare cannot pick it
@@ -33,7 +35,7 @@ func (s *Store) Retire(ctx context.Context, name string) (string, error) {
 		return "", err
 	}
 	aside := s.retiredPath(name)
-	if err := rename(p, aside, unix.RENAME_NOREPLACE); err != nil {
+	if err := atomicfile.Rename(p, aside, unix.RENAME_NOREPLACE); err != nil {
 		return "", fmt.Errorf("remove image %s: rename %s -> %s: %w", name, p, aside, err)
 	}
 	if err := os.Remove(s.metaPath(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {

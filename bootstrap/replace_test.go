@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/sys/atomicfile"
 )
 
 // newTree makes a workspace of s for name holding the file gen.
@@ -76,7 +78,7 @@ func TestReplaceRetireFails(t *testing.T) {
 				if this == step {
 					return eio
 				}
-				return rename(from, to, flags)
+				return atomicfile.Rename(from, to, flags)
 			}
 			old, err := s.Replace("img", ws)
 			s.renameHook = nil

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/sys/atomicfile"
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
 )
 
@@ -77,7 +78,7 @@ func (s *Store) Install(name, workspace string) error {
 		return fmt.Errorf("install image %s: %w", name, err)
 	}
 	dst := s.path(name)
-	if err := rename(workspace, dst, unix.RENAME_NOREPLACE); err != nil {
+	if err := atomicfile.Rename(workspace, dst, unix.RENAME_NOREPLACE); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("install image %s: %s exists: %w", name, dst, ErrExists)
 		}
@@ -142,14 +143,5 @@ func (s *Store) rename(from, to string, flags uint) error {
 	if s.renameHook != nil {
 		return s.renameHook(from, to, flags)
 	}
-	return rename(from, to, flags)
-}
-
-func rename(from, to string, flags uint) error {
-	for {
-		err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, flags)
-		if err != unix.EINTR {
-			return err
-		}
-	}
+	return atomicfile.Rename(from, to, flags)
 }

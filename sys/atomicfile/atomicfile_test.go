@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestWriteReplaces(t *testing.T) {
@@ -53,5 +55,36 @@ func TestWriteFailureLeavesOld(t *testing.T) {
 	}
 	if err := Write(filepath.Join(dir, "missing", "f"), nil, 0o644); err == nil {
 		t.Error("Write into a missing directory succeeded")
+	}
+}
+
+// Rename's flags: RENAME_EXCHANGE swaps two trees, RENAME_NOREPLACE
+// refuses to overwrite with the bare EEXIST.
+func TestRename(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	for _, p := range []string{a, b} {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(p, "who"), []byte(filepath.Base(p)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := Rename(a, b, unix.RENAME_NOREPLACE); err != unix.EEXIST {
+		t.Errorf("Rename(a, b, NOREPLACE) = %v, want EEXIST", err)
+	}
+	if err := Rename(a, b, unix.RENAME_EXCHANGE); err != nil {
+		t.Fatalf("Rename(a, b, EXCHANGE) = %v", err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(a, "who")); string(got) != "b" {
+		t.Errorf("after the exchange a holds %q, want b's tree", got)
+	}
+	c := filepath.Join(dir, "c")
+	if err := Rename(a, c, unix.RENAME_NOREPLACE); err != nil {
+		t.Fatalf("Rename(a, c, NOREPLACE) = %v", err)
+	}
+	if err := Rename(a, c, 0); err != unix.ENOENT {
+		t.Errorf("Rename(gone, c) = %v, want ENOENT", err)
 	}
 }

@@ -313,15 +313,10 @@ func SetReadOnly(path string, ro bool) error {
 }
 
 func ioctl(fd, req, arg uintptr) error {
-	for {
-		_, _, errno := unix.Syscall(unix.SYS_IOCTL, fd, req, arg)
-		switch errno {
-		case 0:
-			return nil
-		case unix.EINTR:
-			continue
-		default:
+	return eintr.Retry(func() error {
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, fd, req, arg); errno != 0 {
 			return errno
 		}
-	}
+		return nil
+	})
 }

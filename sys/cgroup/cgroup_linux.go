@@ -359,14 +359,16 @@ func removeTree(dir string) error {
 
 // rmdir removes an empty group. EBUSY right after the last process died
 // is transient (the kernel frees the css asynchronously): retry briefly.
+// This is a wait for the kernel, not a signal's interruption: it sleeps
+// and gives up, where EINTR is retried at once.
 func rmdir(p string) error {
 	var err error
 	for i := 0; i < 50; i++ {
-		err = unix.Rmdir(p)
+		err = eintr.Retry(func() error { return unix.Rmdir(p) })
 		if err == nil || err == unix.ENOENT {
 			return nil
 		}
-		if err != unix.EBUSY && err != unix.EINTR {
+		if err != unix.EBUSY {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -108,27 +108,14 @@ func readOnly(src, dst string, recursive bool) error {
 		// mount_setattr(2) (Linux 5.12) is the only way to change every
 		// submount at once; a remount changes just the top one.
 		attr := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
-		for {
-			err := unix.MountSetattr(unix.AT_FDCWD, dst, unix.AT_RECURSIVE, &attr)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				return &Error{Op: "mount_setattr", Source: src, Target: dst, Flags: unix.MOUNT_ATTR_RDONLY, Err: err}
-			}
-			return nil
+		if err := eintr.Retry(func() error { return unix.MountSetattr(unix.AT_FDCWD, dst, unix.AT_RECURSIVE, &attr) }); err != nil {
+			return &Error{Op: "mount_setattr", Source: src, Target: dst, Flags: unix.MOUNT_ATTR_RDONLY, Err: err}
 		}
+		return nil
 	}
 	var st unix.Statfs_t
-	for {
-		err := unix.Statfs(dst, &st)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("statfs %s: %w", dst, err)
-		}
-		break
+	if err := eintr.Retry(func() error { return unix.Statfs(dst, &st) }); err != nil {
+		return fmt.Errorf("statfs %s: %w", dst, err)
 	}
 	flags := uintptr(unix.MS_REMOUNT | unix.MS_BIND | unix.MS_RDONLY)
 	for _, f := range lockedFlags {
@@ -271,16 +258,11 @@ func MakeShared(path string, recursive bool) error {
 // with MNT_DETACH. A path that is not a mount point, or does not exist, is
 // not an error: umount2(2) returns EINVAL and ENOENT for those.
 func Unmount(path string) error {
-	for {
-		err := unix.Unmount(path, unix.MNT_DETACH)
-		switch err {
-		case nil, unix.EINVAL, unix.ENOENT:
-			return nil
-		case unix.EINTR:
-			continue
-		default:
-			return &Error{Op: "unmount", Target: path, Flags: unix.MNT_DETACH, Err: err}
-		}
+	switch err := eintr.Retry(func() error { return unix.Unmount(path, unix.MNT_DETACH) }); err {
+	case nil, unix.EINVAL, unix.ENOENT:
+		return nil
+	default:
+		return &Error{Op: "unmount", Target: path, Flags: unix.MNT_DETACH, Err: err}
 	}
 }
 

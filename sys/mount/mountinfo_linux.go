@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/sys/internal/eintr"
 )
 
 // Mountinfo returns the mounts of the calling thread's mount namespace,
@@ -28,15 +30,8 @@ func Mountinfo() ([]Info, error) {
 // which comparing st_dev with the parent cannot see.
 func IsMountPoint(path string) (bool, error) {
 	var stx unix.Statx_t
-	for {
-		err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_TYPE, &stx)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return false, fmt.Errorf("is mount point %s: %w", path, &os.PathError{Op: "statx", Path: path, Err: err})
-		}
-		break
+	if err := eintr.Retry(func() error { return unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_TYPE, &stx) }); err != nil {
+		return false, fmt.Errorf("is mount point %s: %w", path, &os.PathError{Op: "statx", Path: path, Err: err})
 	}
 	// STATX_ATTR_MOUNT_ROOT exists since Linux 5.8; older kernels leave it
 	// out of the mask and mountinfo decides.

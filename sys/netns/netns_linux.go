@@ -8,6 +8,8 @@ import (
 	"runtime"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/sys/internal/eintr"
 )
 
 // New creates a network namespace and pins it at path, a new empty file
@@ -65,16 +67,10 @@ func Pinned(path string) bool {
 // itself goes away when nothing else (a process, an open fd, another pin)
 // holds it. A missing path is not an error.
 func Remove(path string) error {
-	for {
-		err := unix.Unmount(path, unix.MNT_DETACH)
-		if err == unix.EINTR {
-			continue
-		}
-		// EINVAL: not a mount point (already unpinned); ENOENT: gone.
-		if err != nil && err != unix.EINVAL && err != unix.ENOENT {
-			return fmt.Errorf("unpin netns %s: %w", path, err)
-		}
-		break
+	err := eintr.Retry(func() error { return unix.Unmount(path, unix.MNT_DETACH) })
+	// EINVAL: not a mount point (already unpinned); ENOENT: gone.
+	if err != nil && err != unix.EINVAL && err != unix.ENOENT {
+		return fmt.Errorf("unpin netns %s: %w", path, err)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove netns file %s: %w", path, err)

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/sys/internal/eintr"
 )
 
 // ErrGone is returned when a process no longer exists, or its pid now
@@ -132,8 +134,8 @@ func (p *Proc) Signal(sig unix.Signal) error {
 func (p *Proc) Wait(ctx context.Context) error {
 	for {
 		fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, 50)
-		if err != nil && err != unix.EINTR {
+		n, err := eintr.Retry1(func() (int, error) { return unix.Poll(fds, 50) })
+		if err != nil {
 			return fmt.Errorf("wait for pid %d: %w", p.PID, err)
 		}
 		if n > 0 {

@@ -58,20 +58,22 @@ func indexNUL(b []byte) int {
 // openBeneath opens the directory rel below root without following any
 // symlink: openat2(2) with RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS (Linux 5.6),
 // else one O_NOFOLLOW openat per component.
+const maxOpenat2Again = 16
+
 func openBeneath(root int, rel string) (int, error) {
 	flags := uint64(unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC)
 	how := unix.OpenHow{Flags: flags, Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS}
-	for {
-		fd, err := unix.Openat2(root, rel, &how)
-		switch err {
-		case nil:
-			return fd, nil
-		case unix.EINTR, unix.EAGAIN:
-			// EAGAIN: a concurrent rename raced the lookup.
+	// EAGAIN is openat2(2)'s own "retry": a concurrent rename or mount
+	// raced the lookup, and the kernel could not prove that ".." stayed
+	// beneath. Retried a few times only (a tree that keeps changing could
+	// be an attack), then the per-component walk below decides.
+	for range maxOpenat2Again {
+		fd, err := eintr.Retry1(func() (int, error) { return unix.Openat2(root, rel, &how) })
+		if err == unix.EAGAIN {
 			continue
-		case unix.ENOSYS:
-		default:
-			return -1, err
+		}
+		if err != unix.ENOSYS {
+			return fd, err
 		}
 		break
 	}

@@ -4,6 +4,8 @@ import (
 	"errors"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nspawn-runner/nspawn-runner/sys/internal/eintr"
 )
 
 // maxChunk bounds one copy_file_range(2) or sendfile(2) call, so that a
@@ -62,10 +64,7 @@ func (w *worker) copyRange(src, dst int, off, n int64) (int64, error) {
 			return roff - off, errStopped
 		}
 		chunk := min(end-roff, maxChunk)
-		m, err := unix.CopyFileRange(src, &roff, dst, &woff, int(chunk), 0)
-		if err == unix.EINTR {
-			continue
-		}
+		m, err := eintr.Retry1(func() (int, error) { return unix.CopyFileRange(src, &roff, dst, &woff, int(chunk), 0) })
 		if err != nil {
 			switch err {
 			case unix.EXDEV, unix.EOPNOTSUPP, unix.ENOSYS, unix.EINVAL:
@@ -95,11 +94,11 @@ func (w *worker) sendfile(src, dst int, off, n int64) (int64, error) {
 			return roff - off, errStopped
 		}
 		chunk := min(end-roff, maxChunk)
-		m, err := unix.Sendfile(dst, src, &roff, int(chunk))
-		if err == unix.EINTR || err == unix.EAGAIN {
-			continue
-		}
-		if err == unix.EINVAL || err == unix.ENOSYS {
+		m, err := eintr.Retry1(func() (int, error) { return unix.Sendfile(dst, src, &roff, int(chunk)) })
+		// EAGAIN only comes with O_NONBLOCK on a descriptor that can
+		// block (sendfile(2)); should one ever be here, read/write
+		// copies it instead of spinning.
+		if err == unix.EINVAL || err == unix.ENOSYS || err == unix.EAGAIN {
 			k, err := w.readWrite(src, dst, roff, end-roff)
 			return roff - off + k, err
 		}
@@ -123,10 +122,7 @@ func (w *worker) readWrite(src, dst int, off, n int64) (int64, error) {
 		if n-done < want {
 			want = n - done
 		}
-		r, err := unix.Pread(src, w.buf[:want], off+done)
-		if err == unix.EINTR {
-			continue
-		}
+		r, err := eintr.Retry1(func() (int, error) { return unix.Pread(src, w.buf[:want], off+done) })
 		if err != nil {
 			return done, err
 		}
@@ -134,10 +130,7 @@ func (w *worker) readWrite(src, dst int, off, n int64) (int64, error) {
 			break
 		}
 		for p := 0; p < r; {
-			k, err := unix.Pwrite(dst, w.buf[p:r], off+done+int64(p))
-			if err == unix.EINTR {
-				continue
-			}
+			k, err := eintr.Retry1(func() (int, error) { return unix.Pwrite(dst, w.buf[p:r], off+done+int64(p)) })
 			if err != nil {
 				return done, err
 			}
