@@ -1,20 +1,16 @@
 package bootstrap
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nspawn-runner/nspawn-runner/config"
-	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
@@ -87,21 +83,9 @@ func (s *Store) Login(ctx context.Context, name string, argv []string) error {
 	// then tears the machine down; SIGKILL only if that hangs.
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 15 * time.Second
-	if spec.NoRegister && !nspawn.HasSystemd() {
-		// Without systemd, nspawn --keep-unit makes its payload/ and
-		// supervisor/ groups in the cgroup it runs in and leaves them.
-		grp, err := cgroup.Start(cmd, filepath.Join(cmp.Or(s.CgroupParent, config.DefaultCgroupParent), spec.Machine))
-		if err != nil {
-			s.log().Warn("no cgroup of its own for the login", "err", err)
-		}
-		defer func() {
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
-			defer cancel()
-			if err := grp.Close(cctx); err != nil {
-				s.log().Warn("removing the login's cgroup", "err", err)
-			}
-		}()
-	}
+	// Without systemd, nspawn --keep-unit makes its payload/ and
+	// supervisor/ groups in the cgroup it runs in and leaves them.
+	defer OwnCgroup(ctx, s.Log, cmd, s.CgroupParent, spec.Machine)()
 	s.log().Info("entering image", "image", name, "machine", spec.Machine, "cmd", cmd.String())
 	err = cmd.Run()
 	var ee *exec.ExitError

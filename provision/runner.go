@@ -14,9 +14,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nspawn-runner/nspawn-runner/config"
+	"github.com/nspawn-runner/nspawn-runner/bootstrap"
 	"github.com/nspawn-runner/nspawn-runner/internal/logx"
-	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
 
@@ -163,22 +162,10 @@ func (r *Runner) Run(ctx context.Context, t Target) error {
 		return fmt.Errorf("run playbook %s: %w", playbook, err)
 	}
 	cmd.Stdout, cmd.Stderr = pw, pw
-	if !nspawn.HasSystemd() {
-		// The wrapper's systemd-nspawn --keep-unit makes payload/ and
-		// supervisor/ groups where it runs and leaves them: let that be
-		// a group of this run's, removed with everything in it.
-		grp, err := cgroup.Start(cmd, filepath.Join(cmp.Or(r.CgroupParent, config.DefaultCgroupParent), "ansible-"+t.Machine))
-		if err != nil {
-			r.log().Warn("no cgroup of its own for the playbook run", "err", err)
-		}
-		defer func() {
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-			defer cancel()
-			if err := grp.Close(cctx); err != nil {
-				r.log().Warn("removing the playbook run's cgroup", "err", err)
-			}
-		}()
-	}
+	// The wrapper's systemd-nspawn --keep-unit makes payload/ and
+	// supervisor/ groups where it runs and leaves them: let that be a
+	// group of this run's, removed with everything in it.
+	defer bootstrap.OwnCgroup(ctx, r.Log, cmd, r.CgroupParent, "ansible-"+t.Machine)()
 	r.log().Debug("running playbook", "playbook", playbook, "tree", tree, "argv", append([]string{ansible}, argv...), "dir", tmp)
 	if err := cmd.Start(); err != nil {
 		pw.Close()
