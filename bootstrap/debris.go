@@ -76,19 +76,46 @@ func (s *Store) RemoveTree(path string) error {
 // (ROOT/.tmp-NAME-*), killing first the processes still running inside
 // (children of a killed debootstrap), and retires swap trees
 // (ROOT/.swap-NAME-*, renamed to .retired-): those may hold an image that
-// was live, so only a gc that knows the machines deletes them. held names
+// was live, so only a gc that knows the machines deletes them; and it
+// kills and removes the cgroups of a killed chroot-login or playbook run
+// (OwnCgroup). held names
 // an image whose lock the caller holds itself; its leftovers are debris
 // too (the caller has made nothing yet) and are cleared.
 func (s *Store) CleanWorkspaces(ctx context.Context, held string) error {
+	var errs []error
+	// First the cgroups of a killed chroot-login or playbook run
+	// (OwnCgroup): an ansible-playbook that outlived a SIGKILLed
+	// maintenance runs there, and would go on starting machines in the
+	// workspace while it is being removed.
+	groups, err := s.staleCgroups()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for name, rels := range groups {
+		unlock := func() {}
+		if name != held {
+			unlock, err = s.TryLock(name)
+			if errors.Is(err, flock.ErrBusy) {
+				continue // in use by a login or maintenance right now
+			}
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		if err := removeStaleCgroups(ctx, s.log(), rels); err != nil {
+			errs = append(errs, err)
+		}
+		unlock()
+	}
 	ws, err := s.hidden(tmpPrefix)
 	if err != nil {
-		return err
+		return errors.Join(append(errs, err)...)
 	}
 	swaps, err := s.hidden(swapPrefix)
 	if err != nil {
-		return err
+		return errors.Join(append(errs, err)...)
 	}
-	var errs []error
 	for _, p := range slices.Concat(ws, swaps) {
 		if ctx.Err() != nil {
 			return context.Cause(ctx)

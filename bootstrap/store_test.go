@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -603,5 +604,86 @@ func TestCreateFails(t *testing.T) {
 	}
 	if err := s.RemoveTree(ws); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A chroot-login or playbook run killed with nspawn-runner leaves its
+// cgroup (OwnCgroup) and what runs in it: CleanWorkspaces, which gc and
+// the next create or maintenance call, kills and removes it once the
+// image's lock is free, and leaves it while the lock is held.
+func TestCleanWorkspacesStaleCgroups(t *testing.T) {
+	testutil.RequireRoot(t)
+	if nspawn.HasSystemd() {
+		t.Skip("on a systemd host systemd-nspawn gets its scope from systemd: no cgroups of our own")
+	}
+	h, err := cgroup.Detect()
+	if err != nil {
+		t.Skipf("no cgroup v2: %v", err)
+	}
+	s := &bootstrap.Store{Root: filepath.Join(t.TempDir(), "images"), CgroupParent: "nrt-ops-stale-" + strconv.Itoa(os.Getpid())}
+	if err := os.MkdirAll(s.Root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = h.Kill(context.Background(), s.CgroupParent)
+		_ = h.Remove(s.CgroupParent)
+	})
+	// What a killed run leaves: its group, nspawn's payload/ inside it, a
+	// process still running there.
+	start := func(image, what string) (string, *exec.Cmd) {
+		rel := filepath.Join(s.CgroupParent, "image-"+what+"-"+image)
+		cmd := exec.Command("sleep", "600")
+		release := bootstrap.OwnCgroup(context.Background(), nil, cmd, s.CgroupParent, image, what)
+		_ = release // never called: the run was killed
+		if !h.Exists(rel) {
+			t.Fatalf("OwnCgroup made no group %s", rel)
+		}
+		if _, err := h.Create(filepath.Join(rel, "payload"), nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill() })
+		return rel, cmd
+	}
+	freeRel, freeCmd := start("free", bootstrap.CgroupPlaybook)
+	busyRel, _ := start("busy", bootstrap.CgroupLogin)
+	// A login or maintenance of "busy" runs: it holds the lock (flock(2)
+	// locks belong to the open file, so CleanWorkspaces' own TryLock finds
+	// it busy, in this process too).
+	unlock, err := s.TryLock("busy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+
+	if err := s.CleanWorkspaces(context.Background(), ""); err != nil {
+		t.Fatalf("CleanWorkspaces = %v", err)
+	}
+	if h.Exists(freeRel) {
+		t.Errorf("the cgroup %s of an image whose lock is free is still there", freeRel)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- freeCmd.Wait() }()
+	select {
+	case err := <-waited:
+		if err == nil {
+			t.Errorf("the process in %s exited 0, want killed", freeRel)
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("the process in %s was not killed", freeRel)
+	}
+	if !h.Exists(busyRel) {
+		t.Errorf("the cgroup %s of an image in use was removed", busyRel)
+	}
+
+	// The holder (a login, a maintenance) starts its own run: the stale
+	// group of the same name is replaced, not joined.
+	if err := s.CleanWorkspaces(context.Background(), "busy"); err != nil {
+		t.Fatalf("CleanWorkspaces(held busy) = %v", err)
+	}
+	if h.Exists(busyRel) {
+		t.Errorf("the cgroup %s of the held image is still there", busyRel)
 	}
 }

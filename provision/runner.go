@@ -154,7 +154,10 @@ func (r *Runner) Run(ctx context.Context, t Target) error {
 	cmd.Stdin = nil
 	// Its own process group, so a cancel reaches the systemd-nspawn
 	// processes ansible started too, not only ansible-playbook.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: a SIGKILLed nspawn-runner takes ansible-playbook along,
+	// which would otherwise go on starting machines in a workspace that
+	// the next create, maintenance or gc removes (as for debootstrap).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second
 	pr, pw, err := os.Pipe()
@@ -165,7 +168,7 @@ func (r *Runner) Run(ctx context.Context, t Target) error {
 	// The wrapper's systemd-nspawn --keep-unit makes payload/ and
 	// supervisor/ groups where it runs and leaves them: let that be a
 	// group of this run's, removed with everything in it.
-	defer bootstrap.OwnCgroup(ctx, r.Log, cmd, r.CgroupParent, "ansible-"+t.Machine)()
+	defer bootstrap.OwnCgroup(ctx, r.Log, cmd, r.CgroupParent, t.Name, bootstrap.CgroupPlaybook)()
 	r.log().Debug("running playbook", "playbook", playbook, "tree", tree, "argv", append([]string{ansible}, argv...), "dir", tmp)
 	if err := cmd.Start(); err != nil {
 		pw.Close()
