@@ -35,6 +35,8 @@ vm-test:
 # Ratios against the raw floor, measured in one run.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 20x -timeout 60m ./...
+	# 64 boot-mode jobs at once, once: how many succeed and how long it takes.
+	NSPAWN_RUNNER_BENCH_CONCURRENT=64 $(GO) test -run '^$$' -bench '^BenchmarkConcurrent$$' -benchtime 1x -timeout 30m ./integration/
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/nspawn-runner
