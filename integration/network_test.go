@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -136,9 +137,11 @@ func serve(t *testing.T, ns, addr string) func() {
 
 // serveDNS answers every A query on addr:53 (UDP) inside ns with answer,
 // and every other query with no data: the stand-in for an upstream
-// resolver.
-func serveDNS(t *testing.T, ns, addr string, answer net.IP) {
+// resolver. It returns the number of queries received so far, for
+// failure messages.
+func serveDNS(t *testing.T, ns, addr string, answer net.IP) func() int64 {
 	t.Helper()
+	var queries atomic.Int64
 	var pc net.PacketConn
 	if err := netns.Do(openNS(t, ns), func() (err error) { pc, err = net.ListenPacket("udp", addr+":53"); return err }); err != nil {
 		t.Fatal(err)
@@ -151,6 +154,7 @@ func serveDNS(t *testing.T, ns, addr string, answer net.IP) {
 			if err != nil {
 				return
 			}
+			queries.Add(1)
 			if n < 12 {
 				continue
 			}
@@ -178,6 +182,17 @@ func serveDNS(t *testing.T, ns, addr string, answer net.IP) {
 			_, _ = pc.WriteTo(resp, from)
 		}
 	}()
+	return queries.Load
+}
+
+// dnsProbe is a job script line printing dns=ADDRESS, the first IPv4
+// address NAME resolves to in the machine, trying three times (a loaded
+// host can lose a datagram); when all fail, dnsdebug= says what the
+// machine's resolv.conf held and how getent failed.
+func dnsProbe(name string) string {
+	return fmt.Sprintf(`for i in 1 2 3; do a=$(getent ahostsv4 %[1]s); rc=$?; [ -n "$a" ] && break; done; `+
+		`echo dns=$(echo "$a" | awk 'NR==1{print $1}'); `+
+		`[ -n "$a" ] || echo "dnsdebug=getent exit $rc; resolv.conf: $(tr '\n' ' ' </etc/resolv.conf)"`, name)
 }
 
 // hostNetwork is the network setting of tests that are not about the
@@ -285,7 +300,7 @@ func TestNetworkPrivate(t *testing.T) {
 	serve(t, w.inet, "198.51.100.1:8080")
 	serve(t, w.host, "127.0.0.1:8081")
 	serve(t, w.host, "192.0.2.2:8083")
-	serveDNS(t, w.inet, "192.0.2.1", net.ParseIP("203.0.113.7"))
+	dnsQueries := serveDNS(t, w.inet, "192.0.2.1", net.ParseIP("203.0.113.7"))
 
 	j1, a1 := privateJob(t, h, "fast")
 	j2, a2 := privateJob(t, h, "boot")
@@ -312,7 +327,7 @@ func TestNetworkPrivate(t *testing.T) {
 			probe("denied", "198.51.100.1:8080"),
 			probe("machine", other+":8084"),
 			"echo links=$(ls /sys/class/net | tr '\\n' ' ')",
-			"echo dns=$(getent ahostsv4 ci.test.example | awk 'NR==1{print $1}')",
+			dnsProbe("ci.test.example"),
 		}, "\n")
 		r := j.must("run", j.script("probe", script), "build_script")
 		got := results(r.stdout)
@@ -323,7 +338,7 @@ func TestNetworkPrivate(t *testing.T) {
 		}
 		for k, v := range want {
 			if got[k] != v {
-				t.Errorf("job %s: %s = %q, want %q\n%s", j.id, k, got[k], v, r.stdout)
+				t.Errorf("job %s: %s = %q, want %q (the test resolver got %d queries)\n%s", j.id, k, got[k], v, dnsQueries(), r.stdout)
 			}
 		}
 		if !strings.HasPrefix(got["allowed"], "ok:hello-from-10.99.0.") {

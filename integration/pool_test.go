@@ -103,7 +103,7 @@ func TestPoolPrivateNetwork(t *testing.T) {
 	poolLCHost(t, h)
 	serve(t, w.inet, "192.0.2.1:8080")
 	serve(t, w.inet, "198.51.100.1:8080")
-	serveDNS(t, w.inet, "192.0.2.1", net.ParseIP("203.0.113.7"))
+	dnsQueries := serveDNS(t, w.inet, "192.0.2.1", net.ParseIP("203.0.113.7"))
 	if r := h.exec(context.Background(), nil, "", "gc"); r.code != 0 || strings.Count(r.stdout, "started pooled machine") != 2 {
 		t.Fatalf("gc filling the pool: exit %d, stdout %q: %s", r.code, r.stdout, r.stderr)
 	}
@@ -132,13 +132,13 @@ func TestPoolPrivateNetwork(t *testing.T) {
 		probe("internet", "192.0.2.1:8080"),
 		probe("denied", "198.51.100.1:8080"),
 		probe("machine", addrs[0]+":8084"),
-		"echo dns=$(getent ahostsv4 ci.test.example | awk 'NR==1{print $1}')",
+		dnsProbe("ci.test.example"),
 	}, "\n")
 	r := jobs[1].must("run", jobs[1].script("probe", script), "build_script")
 	got := results(r.stdout)
 	for k, v := range map[string]string{"internet": "ok:hello-from-192.0.2.2", "denied": "no", "machine": "no", "dns": "203.0.113.7"} {
 		if got[k] != v {
-			t.Errorf("%s = %q, want %q\n%s", k, got[k], v, r.stdout)
+			t.Errorf("%s = %q, want %q (the test resolver got %d queries)\n%s", k, got[k], v, dnsQueries(), r.stdout)
 		}
 	}
 	closer()
