@@ -7,7 +7,9 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -208,4 +210,138 @@ func TestPrivateUsersLifecycle(t *testing.T) {
 			}
 		}
 	})
+}
+
+// withBuildsDir gives h persistent builds and cache dirs on its images'
+// btrfs, and returns the builds dir and the environment that names the
+// job's project (a JOB_RESPONSE_FILE), without which prepare binds
+// neither.
+func withBuildsDir(t *testing.T, h *lcHost) (string, []string) {
+	t.Helper()
+	fs := filepath.Dir(h.root)
+	builds, cache := filepath.Join(fs, "builds"), filepath.Join(fs, "cache")
+	for _, d := range []string{builds, cache} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f, err := os.OpenFile(h.config, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = fmt.Fprintf(f, "gitlab:\n  builds_dir: %s\n  cache_dir: %s\n", builds, cache)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := filepath.Join(t.TempDir(), "job.json")
+	if err := os.WriteFile(payload, []byte(`{"job_info":{"project_id":7},"git_info":{"repo_url":"https://gitlab.test.example/group/users.git"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return builds, []string{"JOB_RESPONSE_FILE=" + payload}
+}
+
+// TestPrivateUsersNetwork: private users on the private network (the
+// default network), in both modes: the job is root in a user namespace of
+// its own, what it writes to its builds dir belongs to the host's root
+// (idmapped bind), it reaches the test internet through the NAT and not
+// the host's addresses, it may bind a port below 1024 and sees only its
+// own links; cleanup and gc leave nothing. systemd-nspawn 252 cannot join
+// a network namespace from inside the user namespace it makes ("Failed
+// to join network namespace: Operation not permitted"): the machine's
+// systemd-nspawn is started inside the namespace instead.
+func TestPrivateUsersNetwork(t *testing.T) {
+	h, w := newNetHost(t, netYAML+"  private_users: true\n")
+	h.prefix = "nrt-unet-"
+	builds, env := withBuildsDir(t, h)
+	serve(t, w.inet, "192.0.2.1:8080")
+	serve(t, w.inet, "198.51.100.1:8080")
+	serve(t, w.host, "127.0.0.1:8081")
+	dnsQueries := serveDNS(t, w.inet, "192.0.2.1", net.ParseIP("203.0.113.7"))
+	var shifts []int
+	for _, mode := range []string{"fast", "boot"} {
+		t.Run(mode, func(t *testing.T) {
+			j := h.newJob()
+			// Every stage with the payload: it names the machine too.
+			must := func(args ...string) result {
+				t.Helper()
+				r := h.exec(context.Background(), append([]string{"BUILD_EXIT_CODE_FILE=" + filepath.Join(j.dir, "code")}, env...), j.dir, append(args, "--id", j.id)...)
+				if r.code != 0 {
+					t.Fatalf("%s: exit %d\nstdout: %s\nstderr: %s", args[0], r.code, r.stdout, r.stderr)
+				}
+				return r
+			}
+			t.Cleanup(func() { h.exec(context.Background(), env, j.dir, "cleanup", "--id", j.id) })
+			must("prepare", "bookworm", "--mode", mode)
+			rec := h.recordOf(j)
+			shift := num(rec["uid_shift"])
+			if rec["network"] != "private" || rec["address"] == nil || rec["private_users"] != true || shift < 65536 {
+				t.Fatalf("record: network %v address %v private_users %v uid_shift %d", rec["network"], rec["address"], rec["private_users"], shift)
+			}
+			shifts = append(shifts, shift)
+			// The bridge exists now.
+			serve(t, w.host, "10.99.0.1:8082")
+			script := strings.Join([]string{
+				`echo "uid=$(id -u)"`,
+				`echo "map=$(tr -s ' ' </proc/self/uid_map)"`,
+				`echo job > /builds/by-` + mode + ` && mkdir -p /builds/dir-` + mode + ` && echo job > /builds/dir-` + mode + `/f`,
+				`echo job > /root/in-tree`,
+				probe("internet", "192.0.2.1:8080"),
+				probe("loopback", "127.0.0.1:8081"),
+				probe("bridge", "10.99.0.1:8082"),
+				probe("denied", "198.51.100.1:8080"),
+				`echo links=$(ls /sys/class/net | tr '\n' ' ')`,
+				`python3 -c 'import socket; s = socket.socket(); s.bind(("0.0.0.0", 80)); print("low=ok")' 2>/dev/null || echo low=no`,
+				dnsProbe("ci.test.example"),
+			}, "\n")
+			r := must("run", j.script("probe", script), "build_script")
+			got := results(r.stdout)
+			want := map[string]string{
+				"uid": "0", "map": fmt.Sprintf(" 0 %d 65536", shift),
+				"internet": "ok:hello-from-192.0.2.2", // masqueraded
+				"loopback": "no", "bridge": "no", "denied": "no",
+				"links": "eth0 lo", "low": "ok", "dns": "203.0.113.7",
+			}
+			for k, v := range want {
+				if got[k] != v {
+					t.Errorf("%s = %q, want %q (the test resolver got %d queries)\n%s", k, got[k], v, dnsQueries(), r.stdout)
+				}
+			}
+			// The builds dir is an idmapped bind: the job's root writes
+			// as the host's root. The machine's root tree too.
+			tree, _ := rec["tree"].(string)
+			for _, p := range []string{"by-" + mode, "dir-" + mode, "dir-" + mode + "/f", filepath.Join(tree, "root/in-tree")} {
+				var found []string
+				if filepath.IsAbs(p) {
+					found = []string{p}
+				} else {
+					found, _ = filepath.Glob(filepath.Join(builds, "*", p))
+				}
+				if len(found) != 1 {
+					t.Errorf("%s: found %q on the host, want one file", p, found)
+					continue
+				}
+				var st unix.Stat_t
+				if err := unix.Stat(found[0], &st); err != nil || st.Uid != 0 || st.Gid != 0 {
+					t.Errorf("%s on the host: owner %d:%d (%v), want 0:0", found[0], st.Uid, st.Gid, err)
+				}
+			}
+			must("cleanup")
+		})
+	}
+	if left := netLeftovers(t, h, w); len(left) > 0 {
+		t.Errorf("left after cleanup: %s", strings.Join(left, "; "))
+	}
+	if r := h.exec(context.Background(), nil, "", "gc"); r.code != 0 {
+		t.Fatalf("gc: exit %d: %s", r.code, r.stderr)
+	}
+	if _, err := nlHandle(t, w.host).LinkByName("nrt-net-br"); err == nil {
+		t.Errorf("bridge left after gc with no machine")
+	}
+	h.assertClean(t)
+	for _, s := range shifts {
+		if _, err := os.Stat(filepath.Join("/run/systemd/nspawn-uid", strconv.Itoa(s))); err == nil {
+			t.Errorf("/run/systemd/nspawn-uid/%d is left after cleanup", s)
+		}
+	}
 }

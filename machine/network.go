@@ -38,6 +38,13 @@ func (m *Manager) attachNetwork(l Layout, rec *Record, in *PlanInput) error {
 	}
 	rec.Address = a.Addr.String()
 	in.NetNS, in.ResolvConf = a.Namespace, a.ResolvConf
+	if StartsInNetNS(*in) {
+		// The machine's root has no capability over this namespace
+		// (see StartsInNetNS): give it low ports and ping back.
+		if err := network.ForUnprivilegedRoot(a.Namespace); err != nil {
+			return fmt.Errorf("private network: %w", err)
+		}
+	}
 	return nil
 }
 

@@ -164,6 +164,19 @@ type PlanInput struct {
 	PrivateUsers bool
 }
 
+// StartsInNetNS reports whether systemd-nspawn must be started inside the
+// machine's network namespace (in.NetNS) rather than told to join it.
+// With private users it must: systemd-nspawn 252 joins
+// --network-namespace-path from its inner child, after that child has
+// entered the user namespace it made, where it has no CAP_SYS_ADMIN over
+// a namespace the host's user namespace owns (setns(2) fails with EPERM:
+// "Failed to join network namespace: Operation not permitted"). Started
+// inside it, and given no network option, systemd-nspawn makes no network
+// namespace and its machine inherits that one, sysfs included.
+func StartsInNetNS(in PlanInput) bool {
+	return in.PrivateUsers && in.Network == config.NetworkPrivate
+}
+
 // Plan returns the systemd-nspawn arguments and its extra environment.
 func Plan(in PlanInput) (nspawn.Spec, []string) {
 	s := nspawn.Spec{
@@ -208,11 +221,13 @@ func Plan(in PlanInput) (nspawn.Spec, []string) {
 	case config.NetworkPrivate:
 		// The namespace is ready before systemd-nspawn starts; the
 		// machine's resolv.conf names resolvers it can reach.
-		s.NetworkNamespacePath = in.NetNS
-		// With --private-network as well, systemd-nspawn 252 mounts a
-		// sysfs of that namespace: without it /sys/class/net shows the
-		// host's links.
-		s.PrivateNetwork = true
+		if !StartsInNetNS(in) {
+			s.NetworkNamespacePath = in.NetNS
+			// With --private-network as well, systemd-nspawn 252
+			// mounts a sysfs of that namespace: without it
+			// /sys/class/net shows the host's links.
+			s.PrivateNetwork = true
+		}
 		s.ResolvConf = "off"
 		s.Binds = append(s.Binds, nspawn.Bind{Host: in.ResolvConf, Machine: "/etc/resolv.conf", ReadOnly: true})
 	case config.NetworkNone:

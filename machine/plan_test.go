@@ -108,13 +108,17 @@ func TestPlan(t *testing.T) {
 		{"private users", PlanInput{Layout: l, Storage: StorageBtrfs, Mode: config.ModeBoot, Seccomp: true, PrivateUsers: true, Network: config.NetworkPrivate, NetNS: "/n", ResolvConf: "/rc",
 			Binds: []Bind{{Host: "/cache/p", Machine: "/cache"}, {Host: "/usr/bin/gitlab-runner", Machine: "/usr/local/lib/nspawn-runner/bin/gitlab-runner", ReadOnly: true}}},
 			[]string{"--private-users=pick", "--private-users-ownership=map", "--bind=/cache/p:/cache:idmap", "--bind-ro=/usr/bin/gitlab-runner:/usr/local/lib/nspawn-runner/bin/gitlab-runner",
-				"--bind-ro=/run/x/machines/nr-1-0123456789ab/scripts:/run/nspawn-runner", "--bind-ro=/rc:/etc/resolv.conf"},
-			nil, nil},
+				"--bind-ro=/run/x/machines/nr-1-0123456789ab/scripts:/run/nspawn-runner", "--bind-ro=/rc:/etc/resolv.conf", "--resolv-conf=off"},
+			// Started inside the namespace instead (StartsInNetNS).
+			[]string{"--network-namespace-path=/n", "--private-network"}, nil},
 		{"no private users", PlanInput{Layout: l, Storage: StorageBtrfs, Mode: config.ModeFast, Seccomp: true, Binds: []Bind{{Host: "/cache/p", Machine: "/cache"}}},
 			[]string{"--bind=/cache/p:/cache"}, []string{"--private-users=pick", "--private-users-ownership=map", "--bind=/cache/p:/cache:idmap"}, nil},
 		{"no network", PlanInput{Layout: l, Storage: StorageBtrfs, Mode: config.ModeFast, Seccomp: true, Network: config.NetworkNone},
 			[]string{"--private-network"}, []string{"--resolv-conf=off"}, nil},
 	} {
+		if StartsInNetNS(tc.in) != (tc.in.PrivateUsers && tc.in.Network == config.NetworkPrivate) {
+			t.Errorf("%s: StartsInNetNS = %v", tc.name, StartsInNetNS(tc.in))
+		}
 		spec, env := Plan(tc.in)
 		args := nspawn.Args(spec)
 		for _, w := range tc.want {

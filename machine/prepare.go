@@ -15,6 +15,7 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/sys/btrfs"
 	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 	"github.com/nspawn-runner/nspawn-runner/sys/mount"
+	"github.com/nspawn-runner/nspawn-runner/sys/netns"
 	"github.com/nspawn-runner/nspawn-runner/sys/ns"
 	"github.com/nspawn-runner/nspawn-runner/sys/nspawn"
 )
@@ -329,7 +330,17 @@ func (m *Manager) prepare(ctx context.Context, o startOpts) error {
 	}
 	defer logf.Close()
 	m.log().Debug("starting systemd-nspawn", "machine", l.Name, "args", nspawn.Args(spec))
-	p, err := nspawn.Start(nspawn.StartOptions{Binary: prog.Path, Args: nspawn.Args(spec), Env: env, Log: logf, CgroupFD: cgFD, NotifyDir: m.RunDir})
+	so := nspawn.StartOptions{Binary: prog.Path, Args: nspawn.Args(spec), Env: env, Log: logf, CgroupFD: cgFD, NotifyDir: m.RunDir}
+	if StartsInNetNS(in) {
+		nsf, err := netns.Open(in.NetNS)
+		if err != nil {
+			return fmt.Errorf("machine's network namespace: %w", err)
+		}
+		defer nsf.Close()
+		// The child inherits the namespace of the thread that forks it.
+		so.ForkIn = func(fork func() error) error { return netns.Do(nsf, fork) }
+	}
+	p, err := nspawn.Start(so)
 	if err != nil {
 		return err
 	}

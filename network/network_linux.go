@@ -27,6 +27,7 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/sys/flock"
 	"github.com/nspawn-runner/nspawn-runner/sys/netns"
 	"github.com/nspawn-runner/nspawn-runner/sys/nft"
+	"github.com/nspawn-runner/nspawn-runner/sys/sysctl"
 )
 
 // DefaultTable names our nftables tables.
@@ -867,4 +868,34 @@ func portAddr(s string) (netip.Addr, bool) {
 	var b [4]byte
 	binary.BigEndian.PutUint32(b[:], uint32(v))
 	return netip.AddrFrom4(b), true
+}
+
+// unprivilegedSysctls let processes without network capabilities in a
+// machine's namespace bind ports below 1024 and send ICMP echo requests
+// (datagram ICMP sockets, as ping uses without CAP_NET_RAW): what a
+// machine's root could do before it lost those capabilities. Both are
+// per network namespace.
+var unprivilegedSysctls = []sysctl.Setting{
+	{Name: "net.ipv4.ip_unprivileged_port_start", Value: "0"},
+	{Name: "net.ipv4.ping_group_range", Value: "0 2147483647"},
+}
+
+// ForUnprivilegedRoot sets unprivilegedSysctls in the network namespace
+// pinned at namespace: for a machine whose root is root of its own user
+// namespace only, and so has no capability over a namespace the host's
+// user namespace owns.
+func ForUnprivilegedRoot(namespace string) error {
+	f, err := netns.Open(namespace)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return netns.Do(f, func() error {
+		for _, s := range unprivilegedSysctls {
+			if err := sysctl.Dir("").Set(s.Name, s.Value); err != nil {
+				return fmt.Errorf("machine's network namespace: %w", err)
+			}
+		}
+		return nil
+	})
 }

@@ -69,6 +69,10 @@ type StartOptions struct {
 	// is made (e.g. the run directory); empty, or too long for a socket
 	// path, means os.TempDir().
 	NotifyDir string
+	// ForkIn, when set, runs the fork of systemd-nspawn (the function it
+	// is given) and returns its error: e.g. on an OS thread inside
+	// another network namespace, which the child inherits.
+	ForkIn func(fork func() error) error
 }
 
 // Process is a started systemd-nspawn, detached into its own session: it
@@ -106,7 +110,11 @@ func Start(o StartOptions) (*Process, error) {
 		cmd.SysProcAttr.UseCgroupFD = true
 		cmd.SysProcAttr.CgroupFD = o.CgroupFD
 	}
-	if err := cmd.Start(); err != nil {
+	fork := cmd.Start
+	if o.ForkIn != nil {
+		fork = func() error { return o.ForkIn(cmd.Start) }
+	}
+	if err := fork(); err != nil {
 		sock.close()
 		return nil, fmt.Errorf("start %s: %w", path, err)
 	}
