@@ -187,10 +187,12 @@ func serveDNS(t *testing.T, ns, addr string, answer net.IP) func() int64 {
 
 // dnsProbe is a job script line printing dns=ADDRESS, the first IPv4
 // address NAME resolves to in the machine, trying three times (a loaded
-// host can lose a datagram); when all fail, dnsdebug= says what the
-// machine's resolv.conf held and how getent failed.
+// host can lose a datagram; getent's status is taken with "||", or the
+// job script's set -e would end the script at the first failure); when
+// all fail, dnsdebug= says what the machine's resolv.conf held and how
+// getent failed.
 func dnsProbe(name string) string {
-	return fmt.Sprintf(`for i in 1 2 3; do a=$(getent ahostsv4 %[1]s); rc=$?; [ -n "$a" ] && break; done; `+
+	return fmt.Sprintf(`for i in 1 2 3; do rc=0; a=$(getent ahostsv4 %[1]s) || rc=$?; [ -n "$a" ] && break; done; `+
 		`echo dns=$(echo "$a" | awk 'NR==1{print $1}'); `+
 		`[ -n "$a" ] || echo "dnsdebug=getent exit $rc; resolv.conf: $(tr '\n' ' ' </etc/resolv.conf)"`, name)
 }

@@ -98,8 +98,16 @@ func poolLCHost(t testing.TB, h *lcHost) {
 // (masqueraded internet, the denied network unreachable, DNS, no other
 // machine reachable), and its network follows it to the job's name:
 // cleanup and gc leave no veth, allocation or port rule.
-func TestPoolPrivateNetwork(t *testing.T) {
-	h, w := newNetHost(t, netYAML+"  pool: {bookworm: 2}\n")
+func TestPoolPrivateNetwork(t *testing.T) { poolPrivateNetwork(t, "") }
+
+// TestPoolPrivateUsersNetwork: the same with private users: pooled
+// machines were started inside their network namespace (their root has
+// no capability over it), and their jobs are root of their own range.
+func TestPoolPrivateUsersNetwork(t *testing.T) { poolPrivateNetwork(t, "  private_users: true\n") }
+
+func poolPrivateNetwork(t *testing.T, machineYAML string) {
+	h, w := newNetHost(t, netYAML+"  pool: {bookworm: 2}\n"+machineYAML)
+	privateUsers := machineYAML != ""
 	poolLCHost(t, h)
 	serve(t, w.inet, "192.0.2.1:8080")
 	serve(t, w.inet, "198.51.100.1:8080")
@@ -121,6 +129,9 @@ func TestPoolPrivateNetwork(t *testing.T) {
 		if rec["network"] != "private" || addr == "" {
 			t.Fatalf("record of a claimed private machine: network %v address %v", rec["network"], rec["address"])
 		}
+		if privateUsers && (rec["private_users"] != true || num(rec["uid_shift"]) < 65536) {
+			t.Fatalf("record of a claimed machine: private_users %v uid_shift %v", rec["private_users"], rec["uid_shift"])
+		}
 		if _, err := os.Stat(filepath.Join(h.runDir, "network", rec["name"].(string)+".json")); err != nil {
 			t.Errorf("the network allocation did not follow the machine to its job's name: %v", err)
 		}
@@ -133,10 +144,15 @@ func TestPoolPrivateNetwork(t *testing.T) {
 		probe("denied", "198.51.100.1:8080"),
 		probe("machine", addrs[0]+":8084"),
 		dnsProbe("ci.test.example"),
+		`echo "uid=$(id -u) map=$(tr -s ' ' </proc/self/uid_map)"`,
 	}, "\n")
 	r := jobs[1].must("run", jobs[1].script("probe", script), "build_script")
 	got := results(r.stdout)
-	for k, v := range map[string]string{"internet": "ok:hello-from-192.0.2.2", "denied": "no", "machine": "no", "dns": "203.0.113.7"} {
+	want := map[string]string{"internet": "ok:hello-from-192.0.2.2", "denied": "no", "machine": "no", "dns": "203.0.113.7", "uid": "0 map= 0 0 4294967295"}
+	if privateUsers {
+		want["uid"] = fmt.Sprintf("0 map= 0 %d 65536", num(h.recordOf(jobs[1])["uid_shift"]))
+	}
+	for k, v := range want {
 		if got[k] != v {
 			t.Errorf("%s = %q, want %q (the test resolver got %d queries)\n%s", k, got[k], v, dnsQueries(), r.stdout)
 		}

@@ -320,25 +320,54 @@ func TestServicesRedisExample(t *testing.T) {
 }
 
 // With machine.private_users, services (booted and command) work the
-// same: the hosts file and the command's environment reach them. On the
-// host's network (the test's namespace): private_users and network
-// private do not work together here yet (systemd-nspawn: "Failed to join
-// network namespace: Operation not permitted", for job machines alike).
+// same, on the private network (the job's namespace, which every machine
+// of the job is started inside) and on the host's (the test's
+// namespace): the hosts file and the command's environment reach them,
+// and each machine is root of a uid range of its own.
 func TestServicesPrivateUsers(t *testing.T) {
-	h, _ := newServiceHost(t, "  network: host\n  private_users: true\n")
-	j := h.newJob()
-	t.Cleanup(func() { j.call("cleanup") })
-	r := j.prepareWith(`[{"name":"tcpsvc","alias":"db"},{"name":"tcpsvc:x","alias":"cmd","command":["/usr/local/bin/tcpsvc","7001"]}]`, "CUSTOM_ENV_GREETING=hi-private")
-	if r.code != 0 || strings.Contains(r.stderr, "WARNING") {
-		t.Fatalf("prepare: exit %d\n%s", r.code, r.stderr)
+	h, w := newServiceHost(t, "  private_users: true\n")
+	for _, network := range []string{"private", "host"} {
+		t.Run(network, func(t *testing.T) {
+			if network == "host" {
+				cfg, err := os.ReadFile(h.config)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(h.config, []byte(strings.Replace(string(cfg), "network: private", "network: host", 1)), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			j := h.newJob()
+			t.Cleanup(func() { j.call("cleanup") })
+			r := j.prepareWith(`[{"name":"tcpsvc","alias":"db"},{"name":"tcpsvc:x","alias":"cmd","command":["/usr/local/bin/tcpsvc","7001"]}]`, "CUSTOM_ENV_GREETING=hi-private")
+			if r.code != 0 || strings.Contains(r.stderr, "WARNING") {
+				t.Fatalf("prepare: exit %d\n%s", r.code, r.stderr)
+			}
+			shifts := map[int]string{}
+			for _, rec := range h.records() {
+				s := num(rec["uid_shift"])
+				if rec["private_users"] != true || s < 65536 || shifts[s] != "" {
+					t.Errorf("machine %v: private_users %v uid_shift %d (also %q's)", rec["name"], rec["private_users"], s, shifts[s])
+				}
+				shifts[s], _ = rec["name"].(string)
+			}
+			if len(shifts) != 3 {
+				t.Errorf("%d machines with distinct ranges, want the job's and its 2 services'", len(shifts))
+			}
+			script := strings.Join([]string{probe("boot", "db:7000"), probe("command", "cmd:7001"), `echo uid=$(id -u)`}, "\n")
+			out := results(j.must("run", j.script("probe", script), "build_script").stdout)
+			for k, v := range map[string]string{"boot": "ok:tcpsvc", "command": "ok:hi-private", "uid": "0"} {
+				if out[k] != v {
+					t.Errorf("%s = %q, want %q", k, out[k], v)
+				}
+			}
+			j.must("cleanup")
+			h.assertClean(t)
+			if network == "private" {
+				if left := netLeftovers(t, h, w); len(left) > 0 {
+					t.Errorf("left after cleanup: %s", strings.Join(left, "; "))
+				}
+			}
+		})
 	}
-	script := strings.Join([]string{probe("boot", "db:7000"), probe("command", "cmd:7001")}, "\n")
-	out := results(j.must("run", j.script("probe", script), "build_script").stdout)
-	for k, v := range map[string]string{"boot": "ok:tcpsvc", "command": "ok:hi-private"} {
-		if out[k] != v {
-			t.Errorf("%s = %q, want %q", k, out[k], v)
-		}
-	}
-	j.must("cleanup")
-	h.assertClean(t)
 }
