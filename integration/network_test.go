@@ -418,24 +418,30 @@ func TestNetworkConcurrentAndKilled(t *testing.T) {
 	}
 }
 
-// none: loopback only; host: the namespace the runner runs in.
+// none: loopback only; host: the namespace the runner runs in. Both with
+// and without private users.
 func TestNetworkNoneAndHost(t *testing.T) {
 	w := newNetWorld(t)
 	serve(t, w.inet, "192.0.2.1:8080")
-	for _, mode := range []string{"none", "host"} {
-		h := newLCHost(t, true, "  network: "+mode+"\n")
-		h.netNS = w.host
-		h.prefix = "nrt-net-" + mode + "-"
-		j := h.newJob()
-		j.must("prepare", "bookworm", "--mode", "fast")
-		r := j.must("run", j.script("probe", probe("internet", "192.0.2.1:8080")+"\necho links=$(ls /sys/class/net | tr '\\n' ' ')"), "build_script")
-		got := results(r.stdout)
-		want := map[string]string{"none": "no", "host": "ok:hello-from-192.0.2.2"}[mode]
-		links := map[string]string{"none": "lo", "host": "lo up0"}[mode]
-		if got["internet"] != want || got["links"] != links {
-			t.Errorf("network %s: internet = %q, links = %q; want %q, %q", mode, got["internet"], got["links"], want, links)
+	for _, users := range []string{"", "  private_users: true\n"} {
+		for _, mode := range []string{"none", "host"} {
+			h := newLCHost(t, true, "  network: "+mode+"\n"+users)
+			h.netNS = w.host
+			h.prefix = "nrt-net-" + mode + "-"
+			j := h.newJob()
+			j.must("prepare", "bookworm", "--mode", "fast")
+			if pu := h.recordOf(j)["private_users"] == true; pu != (users != "") {
+				t.Errorf("network %s: record's private_users = %v", mode, pu)
+			}
+			r := j.must("run", j.script("probe", probe("internet", "192.0.2.1:8080")+"\necho uid=$(id -u) links=$(ls /sys/class/net | tr '\\n' ' ')"), "build_script")
+			got := results(r.stdout)
+			want := map[string]string{"none": "no", "host": "ok:hello-from-192.0.2.2"}[mode]
+			links := map[string]string{"none": "0 links=lo", "host": "0 links=lo up0"}[mode]
+			if got["internet"] != want || got["uid"] != links {
+				t.Errorf("network %s %s: internet = %q, uid = %q; want %q, %q", mode, users, got["internet"], got["uid"], want, links)
+			}
+			j.must("cleanup")
 		}
-		j.must("cleanup")
 	}
 }
 

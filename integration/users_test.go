@@ -245,8 +245,8 @@ func withBuildsDir(t *testing.T, h *lcHost) (string, []string) {
 // default network), in both modes: the job is root in a user namespace of
 // its own, what it writes to its builds dir belongs to the host's root
 // (idmapped bind), it reaches the test internet through the NAT and not
-// the host's addresses, it may bind a port below 1024 and sees only its
-// own links; cleanup and gc leave nothing. systemd-nspawn 252 cannot join
+// the host's addresses, it may bind a port below 1024 and ping but not
+// open a raw socket, and sees only its own links; cleanup and gc leave nothing. systemd-nspawn 252 cannot join
 // a network namespace from inside the user namespace it makes ("Failed
 // to join network namespace: Operation not permitted"): the machine's
 // systemd-nspawn is started inside the namespace instead.
@@ -292,6 +292,10 @@ func TestPrivateUsersNetwork(t *testing.T) {
 				probe("denied", "198.51.100.1:8080"),
 				`echo links=$(ls /sys/class/net | tr '\n' ' ')`,
 				`python3 -c 'import socket; s = socket.socket(); s.bind(("0.0.0.0", 80)); print("low=ok")' 2>/dev/null || echo low=no`,
+				// ping's datagram socket works; a raw socket needs a
+				// capability the machine's root lacks in the namespace.
+				`python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP); print("icmp=ok")' 2>/dev/null || echo icmp=no`,
+				`python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); print("raw=ok")' 2>/dev/null || echo raw=no`,
 				dnsProbe("ci.test.example"),
 			}, "\n")
 			r := must("run", j.script("probe", script), "build_script")
@@ -300,7 +304,7 @@ func TestPrivateUsersNetwork(t *testing.T) {
 				"uid": "0", "map": fmt.Sprintf(" 0 %d 65536", shift),
 				"internet": "ok:hello-from-192.0.2.2", // masqueraded
 				"loopback": "no", "bridge": "no", "denied": "no",
-				"links": "eth0 lo", "low": "ok", "dns": "203.0.113.7",
+				"links": "eth0 lo", "low": "ok", "icmp": "ok", "raw": "no", "dns": "203.0.113.7",
 			}
 			for k, v := range want {
 				if got[k] != v {
