@@ -3,6 +3,8 @@ package bootstrap
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,7 +23,8 @@ import (
 // a cancel.
 const ownCgroupTimeout = 30 * time.Second
 
-// What an image's own cgroup is for: its name is PARENT/image-WHAT-NAME.
+// What an image's own cgroup is for: its name is
+// PARENT/image-WHAT-NAME@ROOT (CgroupName).
 const (
 	CgroupLogin    = "login"
 	CgroupPlaybook = "playbook"
@@ -29,14 +32,27 @@ const (
 
 var cgroupPurposes = []string{CgroupLogin, CgroupPlaybook}
 
-func ownCgroupRel(parent, image, what string) string {
-	return filepath.Join(cmp.Or(parent, config.DefaultCgroupParent), "image-"+what+"-"+image)
+// rootTag tells apart images of the same name in two roots (two runners
+// on one host, or test roots) whose groups share a parent: 8 hex digits
+// of the SHA-256 of the root's absolute path. '@' is in no image name.
+func rootTag(root string) string {
+	if abs, err := filepath.Abs(root); err == nil {
+		root = abs
+	}
+	sum := sha256.Sum256([]byte(filepath.Clean(root)))
+	return hex.EncodeToString(sum[:4])
+}
+
+// CgroupName is the cgroup, relative to the v2 root, of image's chroot-login
+// or playbook run (what) in the image root: PARENT/image-WHAT-NAME@TAG,
+// parent "" meaning config.DefaultCgroupParent.
+func CgroupName(parent, root, image, what string) string {
+	return filepath.Join(cmp.Or(parent, config.DefaultCgroupParent), "image-"+what+"-"+image+"@"+rootTag(root))
 }
 
 // OwnCgroup starts cmd (systemd-nspawn --keep-unit, or a program that
 // starts it, as ansible-playbook does) in a cgroup of its own,
-// PARENT/image-WHAT-IMAGE below the cgroup v2 root (parent "" is
-// config.DefaultCgroupParent), on hosts without systemd: there nspawn makes
+// CgroupName(parent, root, image, what), on hosts without systemd: there nspawn makes
 // its payload/ and supervisor/ groups in the cgroup it runs in and never
 // removes them. The caller holds image's lock: a group of that name is
 // then a leftover of a killed run, killed and removed first. On a systemd
@@ -47,12 +63,12 @@ func ownCgroupRel(parent, image, what string) string {
 // that, the next OwnCgroup of the image, or CleanWorkspaces (create,
 // maintenance, remove, gc) once the image's lock is free, removes it.
 // chroot-login and the playbook runs of provision share it.
-func OwnCgroup(ctx context.Context, log *slog.Logger, cmd *exec.Cmd, parent, image, what string) (release func()) {
+func OwnCgroup(ctx context.Context, log *slog.Logger, cmd *exec.Cmd, parent, root, image, what string) (release func()) {
 	if nspawn.HasSystemd() {
 		return func() {}
 	}
 	log = logx.OrDiscard(log)
-	rel := ownCgroupRel(parent, image, what)
+	rel := CgroupName(parent, root, image, what)
 	if err := removeCgroup(ctx, rel); err != nil {
 		log.Warn("removing the cgroup a killed run left", "cgroup", rel, "err", err)
 	}
@@ -85,7 +101,10 @@ func removeCgroup(ctx context.Context, rel string) error {
 	return h.Remove(rel)
 }
 
-// staleCgroups lists the images' own groups below the parent, by image.
+// staleCgroups lists the own groups of this root's images below the
+// parent, by image: those tagged with this root, and untagged ones
+// (PARENT/image-WHAT-NAME, as versions before the tag named them). Another
+// root's groups are its own business.
 func (s *Store) staleCgroups() (map[string][]string, error) {
 	if nspawn.HasSystemd() {
 		return nil, nil
@@ -100,9 +119,15 @@ func (s *Store) staleCgroups() (map[string][]string, error) {
 		return nil, fmt.Errorf("list cgroups of images: %w", err)
 	}
 	out := map[string][]string{}
+	tag := rootTag(s.Root)
 	for _, k := range kids {
 		for _, what := range cgroupPurposes {
-			if image, ok := strings.CutPrefix(k, "image-"+what+"-"); ok && config.CheckImageName(image) == nil {
+			rest, ok := strings.CutPrefix(k, "image-"+what+"-")
+			if !ok {
+				continue
+			}
+			image, t, tagged := strings.Cut(rest, "@")
+			if (!tagged || t == tag) && config.CheckImageName(image) == nil {
 				out[image] = append(out[image], filepath.Join(parent, k))
 			}
 		}

@@ -85,7 +85,7 @@ func (s *Store) Login(ctx context.Context, name string, argv []string) error {
 	cmd.WaitDelay = 15 * time.Second
 	// Without systemd, nspawn --keep-unit makes its payload/ and
 	// supervisor/ groups in the cgroup it runs in and leaves them.
-	defer OwnCgroup(ctx, s.Log, cmd, s.CgroupParent, name, CgroupLogin)()
+	defer OwnCgroup(ctx, s.Log, cmd, s.CgroupParent, s.Root, name, CgroupLogin)()
 	s.log().Info("entering image", "image", name, "machine", spec.Machine, "cmd", cmd.String())
 	err = cmd.Run()
 	var ee *exec.ExitError

@@ -31,7 +31,7 @@ import (
 func filesystems(t *testing.T, f func(t *testing.T, s *bootstrap.Store, kind string)) {
 	t.Run("btrfs", func(t *testing.T) {
 		mnt := testutil.NewBtrfs(t, 3<<30)
-		f(t, &bootstrap.Store{Root: filepath.Join(mnt, "images"), LoginPrefix: "nrt-im-"}, bootstrap.KindSubvolume)
+		f(t, &bootstrap.Store{Root: filepath.Join(mnt, "images"), LoginPrefix: "nrt-im-", CgroupParent: testutil.CgroupParent(t, "nrt-im-cg-")}, bootstrap.KindSubvolume)
 	})
 	t.Run("directory", func(t *testing.T) {
 		testutil.RequireRoot(t)
@@ -39,7 +39,7 @@ func filesystems(t *testing.T, f func(t *testing.T, s *bootstrap.Store, kind str
 		if ok, _ := btrfs.IsBtrfs(filepath.Dir(root)); ok {
 			t.Skip("the temporary directory is on btrfs")
 		}
-		f(t, &bootstrap.Store{Root: root, LoginPrefix: "nrt-im-"}, bootstrap.KindDirectory)
+		f(t, &bootstrap.Store{Root: root, LoginPrefix: "nrt-im-", CgroupParent: testutil.CgroupParent(t, "nrt-im-cg-")}, bootstrap.KindDirectory)
 	})
 }
 
@@ -460,6 +460,10 @@ func TestLogin(t *testing.T) {
 		img := installImage(t, s, "bookworm")
 		ctx := context.Background()
 		h, cgErr := cgroup.Detect()
+		rootGroups := func() {}
+		if cgErr == nil {
+			rootGroups = testutil.NspawnRootGroups(t, h.Root)
+		}
 		s.CgroupParent = "nrt-im-login-" + kind
 		t.Cleanup(func() { _ = h.Remove(s.CgroupParent) })
 		// Not ephemeral: what the command writes stays in the image.
@@ -484,11 +488,7 @@ func TestLogin(t *testing.T) {
 			if kids, err := h.Children(s.CgroupParent); err != nil || len(kids) != 0 {
 				t.Errorf("cgroups left below %s: %v, %v", s.CgroupParent, kids, err)
 			}
-			for _, d := range []string{"payload", "supervisor"} {
-				if h.Exists(d) {
-					t.Errorf("cgroup %s left at the root of %s", d, h.Root)
-				}
-			}
+			rootGroups()
 		}
 	})
 }
@@ -631,9 +631,9 @@ func TestCleanWorkspacesStaleCgroups(t *testing.T) {
 	// What a killed run leaves: its group, nspawn's payload/ inside it, a
 	// process still running there.
 	start := func(image, what string) (string, *exec.Cmd) {
-		rel := filepath.Join(s.CgroupParent, "image-"+what+"-"+image)
+		rel := bootstrap.CgroupName(s.CgroupParent, s.Root, image, what)
 		cmd := exec.Command("sleep", "600")
-		release := bootstrap.OwnCgroup(context.Background(), nil, cmd, s.CgroupParent, image, what)
+		release := bootstrap.OwnCgroup(context.Background(), nil, cmd, s.CgroupParent, s.Root, image, what)
 		_ = release // never called: the run was killed
 		if !h.Exists(rel) {
 			t.Fatalf("OwnCgroup made no group %s", rel)
@@ -649,6 +649,24 @@ func TestCleanWorkspacesStaleCgroups(t *testing.T) {
 	}
 	freeRel, freeCmd := start("free", bootstrap.CgroupPlaybook)
 	busyRel, _ := start("busy", bootstrap.CgroupLogin)
+	// A run of an image of the same name in another root (another
+	// runner on this host, with the same cgroup parent) is not ours: it
+	// goes on. One named as before roots were told apart is ours.
+	other := filepath.Join(t.TempDir(), "other-root")
+	otherRel := bootstrap.CgroupName(s.CgroupParent, other, "free", bootstrap.CgroupPlaybook)
+	if otherRel == freeRel {
+		t.Fatalf("two roots share the cgroup name %s", otherRel)
+	}
+	otherCmd := exec.Command("sleep", "600")
+	_ = bootstrap.OwnCgroup(context.Background(), nil, otherCmd, s.CgroupParent, other, "free", bootstrap.CgroupPlaybook)
+	if err := otherCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { otherCmd.Process.Kill(); otherCmd.Wait() })
+	legacyRel := filepath.Join(s.CgroupParent, "image-playbook-free")
+	if _, err := h.Create(legacyRel, nil); err != nil {
+		t.Fatal(err)
+	}
 	// A login or maintenance of "busy" runs: it holds the lock (flock(2)
 	// locks belong to the open file, so CleanWorkspaces' own TryLock finds
 	// it busy, in this process too).
@@ -663,6 +681,14 @@ func TestCleanWorkspacesStaleCgroups(t *testing.T) {
 	}
 	if h.Exists(freeRel) {
 		t.Errorf("the cgroup %s of an image whose lock is free is still there", freeRel)
+	}
+	if h.Exists(legacyRel) {
+		t.Errorf("the untagged cgroup %s of an image whose lock is free is still there", legacyRel)
+	}
+	if !h.Exists(otherRel) {
+		t.Errorf("the cgroup %s of another root's image was removed", otherRel)
+	} else if st, err := os.ReadFile("/proc/" + strconv.Itoa(otherCmd.Process.Pid) + "/stat"); err != nil || strings.Contains(string(st), ") Z ") {
+		t.Errorf("the process in another root's cgroup %s was killed (%v)", otherRel, err)
 	}
 	waited := make(chan error, 1)
 	go func() { waited <- freeCmd.Wait() }()

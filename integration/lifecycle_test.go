@@ -102,7 +102,10 @@ func newLCHost(t testing.TB, btrfsRoot bool, machineYAML string) *lcHost {
 	h.cgParent = filepath.Base(run)
 	h.prefix = "nrt-lc-"
 	h.config = filepath.Join(t.TempDir(), "nspawn-runner.yaml")
-	cfg := "machine:\n  ready_timeout: 120s\n  stop_timeout: 20s\n" + hostNetwork(machineYAML) + machineYAML
+	// The image commands (chroot-login, chroot-maintenance) take their
+	// cgroup parent from the config, the job stages from --cgroup-parent:
+	// both this test's own, never the default one shared by other tests.
+	cfg := "machine:\n  ready_timeout: 120s\n  stop_timeout: 20s\n  cgroup_parent: " + h.cgParent + "\n" + hostNetwork(machineYAML) + machineYAML
 	if err := os.WriteFile(h.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,6 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
 	"github.com/nspawn-runner/nspawn-runner/machine"
-	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
 )
 
 // machine.Manager.Run enters a machine from a locked thread that it never
@@ -92,7 +91,7 @@ func testMaintainWhileJobsRun(t *testing.T, storage string) {
 		if _, err := mgr.GC(ctx, time.Nanosecond); err != nil {
 			t.Logf("gc: %v", err)
 		}
-		removeCgroups(t, mgr.CgroupParent)
+		testutil.RemoveCgroups(t, mgr.CgroupParent)
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
@@ -220,40 +219,9 @@ echo job-done
 	}
 }
 
-// testCgroupParent is a cgroup parent of the test's own for playbook runs,
-// removed when the test ends (the default, shared by a real host's runs,
-// would be left behind).
+// testCgroupParent is the test's own cgroup parent for machines and
+// playbook runs.
 func testCgroupParent(t *testing.T) string {
 	t.Helper()
-	parent := fmt.Sprintf("nrt-pv-cg-%d-%s", os.Getpid(), strings.NewReplacer("/", "-", " ", "-").Replace(t.Name()))
-	t.Cleanup(func() { removeCgroups(t, parent) })
-	return parent
-}
-
-// removeCgroups removes the (empty by now) cgroup parent of the test's
-// machines from every hierarchy: on a hybrid host systemd-nspawn mirrors
-// it in the name=systemd v1 hierarchy too.
-func removeCgroups(t *testing.T, parent string) {
-	t.Helper()
-	var dirs []string
-	if h, err := cgroup.Detect(); err == nil {
-		dirs = append(dirs, h.Path(parent))
-	}
-	hier, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", parent))
-	dirs = append(dirs, hier...)
-	for _, d := range dirs {
-		var sub []string
-		_ = filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
-			if err == nil && e.IsDir() {
-				sub = append(sub, p)
-			}
-			return nil
-		})
-		// Deepest first: a cgroup directory goes only once it has no children.
-		for i := len(sub) - 1; i >= 0; i-- {
-			if err := os.Remove(sub[i]); err != nil && !os.IsNotExist(err) {
-				t.Logf("remove cgroup %s: %v", sub[i], err)
-			}
-		}
-	}
+	return testutil.CgroupParent(t, "nrt-pv-cg-")
 }

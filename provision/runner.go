@@ -40,6 +40,10 @@ type Runner struct {
 	// CgroupParent is where each run gets a cgroup of its own on hosts
 	// without systemd; empty means config.DefaultCgroupParent.
 	CgroupParent string
+	// Root is the image root the targets belong to: with the image's
+	// name it names that cgroup (bootstrap.CgroupName), so that runs of
+	// images of the same name in two roots never share one.
+	Root string
 }
 
 // Target is one playbook run.
@@ -168,7 +172,7 @@ func (r *Runner) Run(ctx context.Context, t Target) error {
 	// The wrapper's systemd-nspawn --keep-unit makes payload/ and
 	// supervisor/ groups where it runs and leaves them: let that be a
 	// group of this run's, removed with everything in it.
-	defer bootstrap.OwnCgroup(ctx, r.Log, cmd, r.CgroupParent, t.Name, bootstrap.CgroupPlaybook)()
+	defer bootstrap.OwnCgroup(ctx, r.Log, cmd, r.CgroupParent, r.Root, t.Name, bootstrap.CgroupPlaybook)()
 	r.log().Debug("running playbook", "playbook", playbook, "tree", tree, "argv", append([]string{ansible}, argv...), "dir", tmp)
 	if err := cmd.Start(); err != nil {
 		pw.Close()

@@ -41,7 +41,7 @@ func (g *globals) maintainer() *provision.Maintainer {
 	}
 	return &provision.Maintainer{
 		Store:     g.store(),
-		Runner:    &provision.Runner{Output: os.Stderr, Verbosity: verbosity, Log: g.log, CgroupParent: g.cfg.Machine.CgroupParent},
+		Runner:    &provision.Runner{Output: os.Stderr, Verbosity: verbosity, Log: g.log, CgroupParent: g.cfg.Machine.CgroupParent, Root: g.cfg.Root},
 		Dirs:      g.cfg.Playbooks(),
 		Defaults:  g.cfg.Bootstrap,
 		Collector: g.manager(&machineFlags{}),

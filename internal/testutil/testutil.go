@@ -147,3 +147,65 @@ func Lock(t testing.TB, path string) func() {
 	}
 	return func() { l.Unlock() }
 }
+
+// CgroupParent returns a cgroup parent of the test's own (prefix, the
+// test process's pid and the test's name), never the default one that
+// other tests and a real runner share; when the test ends, RemoveCgroups
+// removes it.
+func CgroupParent(t testing.TB, prefix string) string {
+	t.Helper()
+	parent := fmt.Sprintf("%s%d-%s", prefix, os.Getpid(), strings.NewReplacer("/", "-", " ", "-").Replace(t.Name()))
+	t.Cleanup(func() { RemoveCgroups(t, parent) })
+	return parent
+}
+
+// RemoveCgroups removes the cgroup parent (relative to the hierarchies'
+// roots), empty by now, with its descendants, from every hierarchy under
+// /sys/fs/cgroup: the unified one, and on a hybrid host the v1 ones where
+// systemd-nspawn mirrors it.
+func RemoveCgroups(t testing.TB, parent string) {
+	t.Helper()
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup/*", parent))
+	dirs = append(dirs, filepath.Join("/sys/fs/cgroup", parent))
+	for _, d := range dirs {
+		var sub []string
+		_ = filepath.WalkDir(d, func(p string, e os.DirEntry, err error) error {
+			if err == nil && e.IsDir() {
+				sub = append(sub, p)
+			}
+			return nil
+		})
+		// Deepest first: a cgroup directory goes only once it has no children.
+		for i := len(sub) - 1; i >= 0; i-- {
+			if err := os.Remove(sub[i]); err != nil && !os.IsNotExist(err) {
+				t.Logf("remove cgroup %s: %v", sub[i], err)
+			}
+		}
+	}
+}
+
+// NspawnRootGroups records which of payload/ and supervisor/ (what
+// systemd-nspawn --keep-unit makes in the cgroup it runs in) exist at the
+// root of the cgroup hierarchy at dir, and returns a check that reports,
+// as an error of t, those that appeared since: a systemd-nspawn started
+// without a cgroup of its own by the code under test. One that existed
+// before (left by another process) cannot tell this test's run apart: the
+// check says so in the log.
+func NspawnRootGroups(t testing.TB, dir string) (check func()) {
+	t.Helper()
+	before := map[string]bool{}
+	for _, d := range []string{"payload", "supervisor"} {
+		if _, err := os.Stat(filepath.Join(dir, d)); err == nil {
+			before[d] = true
+			t.Logf("cgroup %s was already at the root of %s (another process left it): not checked", d, dir)
+		}
+	}
+	return func() {
+		t.Helper()
+		for _, d := range []string{"payload", "supervisor"} {
+			if _, err := os.Stat(filepath.Join(dir, d)); err == nil && !before[d] {
+				t.Errorf("cgroup %s left at the root of %s", d, dir)
+			}
+		}
+	}
+}
