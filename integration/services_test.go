@@ -272,47 +272,66 @@ func TestServicesKilled(t *testing.T) {
 // (examples/redis.yaml; it installs redis-server from the mirror, so this
 // test needs the network a chroot-create needs), reached by its derived
 // name and by an alias.
-func TestServicesRedisExample(t *testing.T) {
+// The README's example service images, built from examples/ by
+// chroot-maintenance with Debian's packages, serve one job together:
+// Redis answers PING, PostgreSQL answers a protocol request, each by its
+// alias and by its derived name.
+func TestServicesExamples(t *testing.T) {
 	h, _ := newServiceHost(t, "")
-	pb, err := os.ReadFile("../examples/redis.yaml")
+	cfg, err := os.ReadFile(h.config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, _ := os.ReadFile(h.config)
 	pbDir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(pbDir, "redis.yaml"), pb, 0o644); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"redis", "postgres"} {
+		pb, err := os.ReadFile("../examples/" + name + ".yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(pbDir, name+".yaml"), pb, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := btrfs.Snapshot(filepath.Join(h.root, "bookworm"), filepath.Join(h.root, name)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	cfg = []byte(strings.Replace(string(cfg), "allowed_images: [bookworm, tcpsvc]", "allowed_images: [bookworm, tcpsvc, redis]", 1) + "")
+	cfg = []byte(strings.Replace(string(cfg), "allowed_images: [bookworm, tcpsvc]", "allowed_images: [bookworm, tcpsvc, redis, postgres]", 1))
 	cfg = []byte(strings.Replace(string(cfg), "playbook_dirs: [", "playbook_dirs: ["+pbDir+", ", 1))
 	if err := os.WriteFile(h.config, cfg, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := btrfs.Snapshot(filepath.Join(h.root, "bookworm"), filepath.Join(h.root, "redis")); err != nil {
-		t.Fatal(err)
-	}
-	// The playbook fetches packages: run it in the real host's network.
+	// The playbooks fetch packages: run them in the real host's network.
 	ns := h.netNS
 	h.netNS = ""
-	r := h.exec(context.Background(), nil, "", "chroot-maintenance", "redis")
-	h.netNS = ns
-	if r.code != 0 {
-		t.Fatalf("chroot-maintenance redis: exit %d\n%s", r.code, r.stderr)
+	for _, name := range []string{"redis", "postgres"} {
+		if r := h.exec(context.Background(), nil, "", "chroot-maintenance", name); r.code != 0 {
+			h.netNS = ns
+			t.Fatalf("chroot-maintenance %s: exit %d\n%s", name, r.code, r.stderr)
+		}
 	}
+	h.netNS = ns
 	j := h.newJob()
 	t.Cleanup(func() { j.call("cleanup") })
-	r = j.prepareWith(`[{"name":"docker.io/library/redis:7","alias":"cache"}]`)
+	r := j.prepareWith(`[{"name":"docker.io/library/redis:7","alias":"cache"},{"name":"postgres:15","alias":"db"}]`)
 	if r.code != 0 || strings.Contains(r.stderr, "WARNING") {
 		t.Fatalf("prepare: exit %d\n%s", r.code, r.stderr)
 	}
 	ping := func(name, host string) string {
 		return fmt.Sprintf(`exec 3<>/dev/tcp/%s/6379; printf 'PING\r\n' >&3; read -t 5 l <&3; echo %s=${l%%$'\r'}; exec 3>&-`, host, name)
 	}
-	script := strings.Join([]string{ping("alias", "cache"), ping("derived", "docker.io__library__redis")}, "\n")
+	// An SSLRequest (length 8, code 80877103): PostgreSQL answers one
+	// byte, S when it offers TLS (Debian's default), N when not.
+	pgSSL := func(name, host string) string {
+		return fmt.Sprintf(`exec 3<>/dev/tcp/%s/5432; printf '\x00\x00\x00\x08\x04\xd2\x16\x2f' >&3; read -N 1 -t 5 l <&3; case $l in S|N) l=postgres;; esac; echo %s=$l; exec 3>&-`, host, name)
+	}
+	script := strings.Join([]string{
+		ping("redis-alias", "cache"), ping("redis-derived", "docker.io__library__redis"),
+		pgSSL("pg-alias", "db"), pgSSL("pg-derived", "postgres"),
+	}, "\n")
 	out := results(j.must("run", j.script("ping", script), "build_script").stdout)
-	for _, k := range []string{"alias", "derived"} {
-		if out[k] != "+PONG" {
-			t.Errorf("redis via %s: %q, want +PONG", k, out[k])
+	for k, want := range map[string]string{"redis-alias": "+PONG", "redis-derived": "+PONG", "pg-alias": "postgres", "pg-derived": "postgres"} {
+		if out[k] != want {
+			t.Errorf("%s: %q, want %q", k, out[k], want)
 		}
 	}
 	j.must("cleanup")
