@@ -18,6 +18,7 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/internal/testutil"
 	"github.com/nspawn-runner/nspawn-runner/sys/netns"
 	"github.com/nspawn-runner/nspawn-runner/sys/nft"
+	"github.com/nspawn-runner/nspawn-runner/sys/sysctl"
 )
 
 // A test world, every part of it in namespaces the test makes:
@@ -424,5 +425,50 @@ func TestAttachRefusesOverlap(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(dir, "netns")); err == nil {
 		t.Errorf("namespace pin left")
+	}
+}
+
+// TestForUnprivilegedRoot: the settings land in the machine's namespace
+// only, never in the caller's.
+func TestForUnprivilegedRoot(t *testing.T) {
+	testutil.RequireRoot(t)
+	p := filepath.Join(t.TempDir(), "ns")
+	if err := netns.New(p); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netns.Remove(p) })
+	read := func() (got []string) {
+		for _, s := range unprivilegedSysctls {
+			v, err := sysctl.Dir("").Get(s.Name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, strings.Join(strings.Fields(v), " "))
+		}
+		return got
+	}
+	before := read()
+	if err := ForUnprivilegedRoot(p); err != nil {
+		t.Fatal(err)
+	}
+	f, err := netns.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var inside []string
+	if err := netns.Do(f, func() error { inside = read(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range unprivilegedSysctls {
+		if inside[i] != s.Value {
+			t.Errorf("%s in the namespace = %q, want %q", s.Name, inside[i], s.Value)
+		}
+	}
+	if after := read(); !slices.Equal(after, before) {
+		t.Errorf("the caller's namespace changed: %q, was %q", after, before)
+	}
+	if err := ForUnprivilegedRoot(filepath.Join(t.TempDir(), "missing")); err == nil {
+		t.Errorf("ForUnprivilegedRoot of a missing namespace: no error")
 	}
 }
