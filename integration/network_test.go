@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -363,19 +364,36 @@ func TestNetworkPrivate(t *testing.T) {
 
 // Eight prepares at once get eight addresses; SIGKILLed prepares, runs and
 // cleanups, then gc, leave no veth, allocation or rule behind.
-func TestNetworkConcurrentAndKilled(t *testing.T) {
-	h, w := newNetHost(t, netYAML)
+func TestNetworkConcurrentAndKilled(t *testing.T) { networkConcurrentAndKilled(t, "") }
+
+// TestPrivateUsersNetworkKilled: the same with private users (each
+// machine also gets a uid range of its own, whose lock gc removes).
+func TestPrivateUsersNetworkKilled(t *testing.T) {
+	networkConcurrentAndKilled(t, "  private_users: true\n")
+}
+
+func networkConcurrentAndKilled(t *testing.T, machineYAML string) {
+	h, w := newNetHost(t, netYAML+machineYAML)
 	jobs, codes := prepareAtOnce(h, 8, "fast")
 	seen := map[string]string{}
+	shifts := map[int]string{}
 	for i, j := range jobs {
 		if codes[i].code != 0 {
 			t.Fatalf("prepare %d: exit %d: %s", i, codes[i].code, codes[i].stderr)
 		}
-		a, _ := h.recordOf(j)["address"].(string)
+		rec := h.recordOf(j)
+		a, _ := rec["address"].(string)
 		if a == "" || seen[a] != "" {
 			t.Errorf("job %s: address %q (also %q)", j.id, a, seen[a])
 		}
 		seen[a] = j.id
+		if machineYAML != "" {
+			s := num(rec["uid_shift"])
+			if s < 65536 || shifts[s] != "" {
+				t.Errorf("job %s: uid_shift %d (also %q's)", j.id, s, shifts[s])
+			}
+			shifts[s] = j.id
+		}
 	}
 	// SIGKILL: a run in progress, a cleanup in progress, prepares at
 	// different points (the kill lands wherever the prepare is).
@@ -415,6 +433,12 @@ func TestNetworkConcurrentAndKilled(t *testing.T) {
 	c, _ := nft.Open(int(openNS(t, w.host).Fd()))
 	if ok, _ := c.Exists("nspawn_runner"); ok {
 		t.Errorf("nftables tables left after gc removed every machine")
+	}
+	h.assertClean(t)
+	for s := range shifts {
+		if _, err := os.Stat(filepath.Join("/run/systemd/nspawn-uid", strconv.Itoa(s))); err == nil {
+			t.Errorf("/run/systemd/nspawn-uid/%d is left after gc", s)
+		}
 	}
 }
 
