@@ -10,11 +10,12 @@ import (
 
 // BenchmarkPrivateUsers: prepare, one run stage and cleanup with
 // machine.private_users against without, alternating job by job on two
-// runners alike but for that setting, in both modes.
+// runners alike but for that setting, in both modes, on the private
+// network (the default; each runner in test namespaces of its own).
 func BenchmarkPrivateUsers(b *testing.B) {
-	priv := newLCHost(b, true, "  private_users: true\n")
+	priv, _ := newNetHost(b, netYAML+"  private_users: true\n")
 	priv.prefix = "nrt-usrb-p-"
-	plain := newLCHost(b, true, "")
+	plain, _ := newNetHost(b, netYAML)
 	plain.prefix = "nrt-usrb-n-"
 	script := filepath.Join(b.TempDir(), "true.sh")
 	if err := os.WriteFile(script, []byte("true\n"), 0o644); err != nil {
