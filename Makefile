@@ -6,6 +6,9 @@ GO       ?= go
 PREFIX   ?= /usr/local
 VERSION  ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN      ?= bin/nspawn-runner
+# The run stage's own executable (cmd/nspawn-runner-stage), built next to
+# BIN; installed in PREFIX/lib/nspawn-runner, where nspawn-runner finds it.
+STAGE_BIN ?= $(dir $(BIN))nspawn-runner-stage
 # A static binary: cgo is needed only for containerd/btrfs's C headers, so
 # linking libc statically (with the pure-Go user and DNS lookups) is safe
 # and saves the dynamic loader's work on every stage (see Performance).
@@ -18,6 +21,8 @@ LDFLAGS  := -X main.version=$(VERSION) -linkmode external -extldflags -static
 
 build:
 	CGO_ENABLED=1 $(GO) build -trimpath -tags '$(TAGS),$(EXTRA_TAGS)' -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nspawn-runner
+	# Standard library and x/sys only: no cgo, static by nature.
+	CGO_ENABLED=0 $(GO) build -trimpath -tags '$(TAGS),$(EXTRA_TAGS)' -o $(STAGE_BIN) ./cmd/nspawn-runner-stage
 
 vet:
 	$(GO) vet ./...
@@ -40,6 +45,7 @@ bench:
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/nspawn-runner
+	install -D -m 0755 $(STAGE_BIN) $(DESTDIR)$(PREFIX)/lib/nspawn-runner/nspawn-runner-stage
 	# systemd units (enable the timers yourself) and, for hosts without
 	# systemd, the cron file; example playbooks. The units name the binary
 	# where this install put it.

@@ -5,6 +5,7 @@ package nspawnrunner_test
 import (
 	"encoding/json"
 	"io"
+	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -28,32 +29,46 @@ const module = "github.com/nspawn-runner/nspawn-runner"
 //	gitlab             nothing: the contract is standard library only
 //	bootstrap          config, sys/*, internal/logx
 //	network            config, sys/*, internal/logx
-//	machine            config, network, sys/*, internal/logx, internal/stagetrace
+//	machine/state      sys/* (a machine's name, layout and record: the run
+//	                   stage reads them without machine)
+//	stage              machine/state, sys/*, internal/logx,
+//	                   internal/stagetrace (the run stage; see
+//	                   TestStageExecutableSmall)
+//	machine            config, machine/state, network, stage, sys/*,
+//	                   internal/logx, internal/stagetrace
 //	provision          bootstrap, config, sys/*, internal/logx
 //	limits             sys/* (the kernel limits many machines need)
 //	doctor             bootstrap, config, gitlab, limits, machine, sys/*
 //	metrics            bootstrap, machine, sys/*
+//	cmd/internal/runstage  gitlab, stage, internal/stagetrace (the run
+//	                   stage's wiring both executables share)
 //	cmd/nspawn-runner  everything but test helpers
+//	cmd/nspawn-runner-stage  cmd/internal/runstage, gitlab, stage,
+//	                   internal/stagetrace
 //	internal/testutil  bootstrap, config, sys/* (it builds the cached test
 //	                   image with chroot-create's code)
 //	integration        tests only: anything
 var mayImport = map[string][]string{
-	"sys/":                {"sys/internal/"},
-	"internal/logx":       nil,
-	"internal/stagetrace": nil,
-	"config":              {"internal/logx"},
-	"gitlab":              nil,
-	"bootstrap":           {"config", "sys/", "internal/logx"},
-	"network":             {"config", "sys/", "internal/logx"},
-	"machine":             {"config", "network", "sys/", "internal/logx", "internal/stagetrace"},
-	"limits":              {"sys/"},
-	"doctor":              {"bootstrap", "config", "gitlab", "limits", "machine", "sys/"},
-	"metrics":             {"bootstrap", "machine", "sys/"},
-	"provision":           {"bootstrap", "config", "sys/", "internal/logx"},
-	"cmd/nspawn-runner":   {"bootstrap", "config", "doctor", "gitlab", "limits", "machine", "metrics", "network", "provision", "sys/", "internal/logx", "internal/stagetrace"},
-	"internal/testutil":   {"bootstrap", "config", "sys/"},
-	"integration":         {""},
-	"":                    nil, // this package: only tests
+	"sys/":                    {"sys/internal/"},
+	"internal/logx":           nil,
+	"internal/stagetrace":     nil,
+	"config":                  {"internal/logx"},
+	"gitlab":                  nil,
+	"bootstrap":               {"config", "sys/", "internal/logx"},
+	"network":                 {"config", "sys/", "internal/logx"},
+	"machine/state":           {"sys/"},
+	"stage":                   {"machine/state", "sys/", "internal/logx", "internal/stagetrace"},
+	"machine":                 {"config", "machine/state", "network", "stage", "sys/", "internal/logx", "internal/stagetrace"},
+	"limits":                  {"sys/"},
+	"doctor":                  {"bootstrap", "config", "gitlab", "limits", "machine", "sys/"},
+	"metrics":                 {"bootstrap", "machine", "sys/"},
+	"provision":               {"bootstrap", "config", "sys/", "internal/logx"},
+	"cmd/internal/runstage":   {"gitlab", "stage", "internal/stagetrace"},
+	"cmd/nspawn-runner":       {"bootstrap", "cmd/internal/runstage", "config", "doctor", "gitlab", "limits", "machine", "metrics", "network", "provision", "sys/", "internal/logx", "internal/stagetrace"},
+	"cmd/nspawn-runner-stage": {"cmd/internal/runstage", "gitlab", "stage", "internal/stagetrace"},
+	"internal/testutil":       {"bootstrap", "config", "sys/"},
+	"integration":             {""},
+	"":                        nil, // this package: only tests
 }
 
 // rule finds the entry of mayImport that covers rel: its exact name, else
@@ -186,4 +201,68 @@ func TestNoKingpinOutsideCmd(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestStageExecutableSmall: the run stage's executable, which starts for
+// every stage of every job, links only what a stage needs. Each package
+// linked costs its init and its pages at every start (page faults are
+// most of a short process's time here: see Performance in the README), so
+// what the main binary links for its other commands (yaml.v3, kingpin with
+// text/template and go/doc, netlink, nftables, containerd/btrfs, cgo,
+// compress/*) stays out. crypto/sha256 (the job's key) is the one crypto
+// package it needs; what the standard library pulls in for it is fine.
+func TestStageExecutableSmall(t *testing.T) {
+	small := map[string]bool{
+		module + "/cmd/nspawn-runner-stage": true, module + "/cmd/internal/runstage": true,
+		module + "/stage": true, module + "/machine/state": true,
+	}
+	ourLeaves := []string{"gitlab", "internal/logx", "internal/stagetrace", "machine/state", "stage", "cmd/internal/runstage"}
+	// As make build builds it: without cgo (package net, which sys/nspawn
+	// links for its sockets, otherwise lists runtime/cgo).
+	cmd := exec.Command("go", "list", "-json", "-tags", "netgo,osusergo", module+"/...")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	found := 0
+	for dec := json.NewDecoder(strings.NewReader(string(out))); ; {
+		var p pkg
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if !small[p.ImportPath] {
+			continue
+		}
+		found++
+		for _, d := range p.Deps {
+			rel, ours := strings.CutPrefix(d, module+"/")
+			switch {
+			case ours:
+				if !strings.HasPrefix(rel, "sys/") && !slices.Contains(ourLeaves, rel) {
+					t.Errorf("%s depends on %s: the run stage links only %q and sys/* of ours", p.ImportPath, d, ourLeaves)
+				}
+			case strings.HasPrefix(d, "golang.org/x/sys/"):
+			case !isStandard(d):
+				t.Errorf("%s depends on %s: the run stage links only the standard library and golang.org/x/sys", p.ImportPath, d)
+			case d == "C" || d == "runtime/cgo" || d == "text/template" || d == "html/template" || d == "reflect/internal" ||
+				strings.HasPrefix(d, "go/") || strings.HasPrefix(d, "compress/") || strings.HasPrefix(d, "archive/") ||
+				strings.HasPrefix(d, "crypto/") && !stdCryptoForSHA256(d) || strings.HasPrefix(d, "database/") ||
+				strings.HasPrefix(d, "net/http") || strings.HasPrefix(d, "encoding/xml") || d == "encoding/gob":
+				t.Errorf("%s depends on %s: more than the run stage needs (layout_test.go)", p.ImportPath, d)
+			}
+		}
+	}
+	if found != len(small) {
+		t.Errorf("found %d of the run stage's %d packages", found, len(small))
+	}
+}
+
+// stdCryptoForSHA256: what crypto/sha256 pulls in from the standard
+// library (its FIPS module, the hash interfaces).
+func stdCryptoForSHA256(d string) bool {
+	return d == "crypto/sha256" || d == "crypto/subtle" || d == "crypto/cipher" || d == "crypto/fips140" ||
+		strings.HasPrefix(d, "crypto/internal/")
 }

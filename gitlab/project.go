@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -116,14 +115,17 @@ func instanceOf(repoURL string) (string, error) {
 	if port == defaultPort[scheme] {
 		port = ""
 	}
+	if strings.Contains(host, ":") {
+		// An IPv6 address, bracketed as in the URL (net.JoinHostPort's
+		// rule; package net itself is more than the run stage, which
+		// links this package, should start).
+		host = "[" + host + "]"
+	}
 	if port != "" {
 		if n, err := strconv.Atoi(port); err != nil || n <= 0 || n > 65535 {
 			return "", fmt.Errorf("invalid port %q", port)
 		}
-		return scheme + "://" + net.JoinHostPort(host, port), nil
-	}
-	if strings.Contains(host, ":") {
-		return scheme + "://[" + host + "]", nil
+		return scheme + "://" + host + ":" + port, nil
 	}
 	return scheme + "://" + host, nil
 }

@@ -32,6 +32,10 @@ type RunnerSection struct {
 	GlobalArgs []string
 	// DefaultImage, when set, is passed to prepare as --default-image.
 	DefaultImage string
+	// StageExecutable, when set, is the absolute path of
+	// nspawn-runner-stage, the run stage's own executable: run_exec then
+	// names it (with the same arguments as Executable's run).
+	StageExecutable string
 }
 
 // TOML renders the section. Every string is a TOML basic string with
@@ -40,7 +44,14 @@ func (r RunnerSection) TOML() (string, error) {
 	if !filepath.IsAbs(r.Executable) {
 		return "", fmt.Errorf("runner section: executable must be an absolute path, got %q", r.Executable)
 	}
-	strs := append([]string{r.Name, r.Executable, r.DefaultImage}, r.GlobalArgs...)
+	runExe := r.Executable
+	if r.StageExecutable != "" {
+		if !filepath.IsAbs(r.StageExecutable) {
+			return "", fmt.Errorf("runner section: stage executable must be an absolute path, got %q", r.StageExecutable)
+		}
+		runExe = r.StageExecutable
+	}
+	strs := append([]string{r.Name, r.Executable, r.StageExecutable, r.DefaultImage}, r.GlobalArgs...)
 	for _, s := range strs {
 		if !utf8.ValidString(s) {
 			return "", fmt.Errorf("runner section: %q is not valid UTF-8, which TOML requires", s)
@@ -88,7 +99,7 @@ func (r RunnerSection) TOML() (string, error) {
 	w("    prepare_exec = %s", exe)
 	w("    prepare_args = %s", args(prepare...))
 	w("    prepare_exec_timeout = %d", PrepareExecTimeout)
-	w("    run_exec = %s", exe)
+	w("    run_exec = %s", tomlString(runExe))
 	w("    run_args = %s", args("run"))
 	w("    cleanup_exec = %s", exe)
 	w("    cleanup_args = %s", args("cleanup"))

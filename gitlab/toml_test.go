@@ -71,6 +71,15 @@ func TestRunnerSectionTOML(t *testing.T) {
 			},
 		},
 		{
+			name: "stage executable",
+			sec: RunnerSection{Name: "ci", Executable: "/usr/bin/nspawn-runner", StageExecutable: "/usr/lib/nspawn-runner/nspawn-runner-stage",
+				GlobalArgs: []string{"--config", "/etc/nr.yaml"}},
+			args: map[string][]string{
+				"prepare_args": {"--config", "/etc/nr.yaml", "prepare"},
+				"run_args":     {"--config", "/etc/nr.yaml", "run"},
+			},
+		},
+		{
 			name: "hostile strings stay strings",
 			sec: RunnerSection{Name: "a\"b\\c\nd\x7f é ✓", Executable: "/opt/my \"runner\"/nspawn-runner",
 				GlobalArgs: []string{"--config", "/etc/x\ty#z].yaml"}},
@@ -103,8 +112,12 @@ func TestRunnerSectionTOML(t *testing.T) {
 				}
 			}
 			for _, k := range []string{"config_exec", "prepare_exec", "run_exec", "cleanup_exec"} {
-				if c[k] != tc.sec.Executable {
-					t.Errorf("runners.custom.%s = %#v, want %q", k, c[k], tc.sec.Executable)
+				want := tc.sec.Executable
+				if k == "run_exec" && tc.sec.StageExecutable != "" {
+					want = tc.sec.StageExecutable
+				}
+				if c[k] != want {
+					t.Errorf("runners.custom.%s = %#v, want %q", k, c[k], want)
 				}
 			}
 			for k, v := range tc.args {
@@ -130,6 +143,7 @@ func TestRunnerSectionRefuses(t *testing.T) {
 		{Executable: "nspawn-runner"},
 		{Executable: ""},
 		{Executable: "/bin/x", Name: "\xff"},
+		{Executable: "/bin/x", StageExecutable: "nspawn-runner-stage"},
 	} {
 		if doc, err := s.TOML(); err == nil {
 			t.Errorf("%+v.TOML() = %q, want an error", s, doc)

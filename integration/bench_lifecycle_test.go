@@ -121,25 +121,36 @@ func benchHost(b *testing.B) (*lcHost, string) {
 }
 
 // BenchmarkLifecycle: whole jobs (prepare, 10 stages, cleanup) against the
-// raw floor, in boot and fast modes; then 8 concurrent jobs.
+// raw floor, in boot and fast modes, with the run stages run by
+// nspawn-runner-stage (what toml names) and, interleaved, by nspawn-runner
+// run (main-*); then 8 concurrent jobs.
 func BenchmarkLifecycle(b *testing.B) {
 	h, image := benchHost(b)
 	script := filepath.Join(b.TempDir(), "true.sh")
 	os.WriteFile(script, []byte("true\n"), 0o644)
 	for _, mode := range []string{"boot", "fast"} {
 		b.Run(mode, func(b *testing.B) {
-			var ours, floor []time.Duration
+			var ours, main, floor []time.Duration
+			stageBin := h.runBin
+			defer func() { h.runBin = stageBin }()
 			for i := 0; i < b.N; i++ {
 				t0 := time.Now()
 				benchJob(b, h, mode, script)
 				ours = append(ours, time.Since(t0))
+				h.runBin = h.bin
+				t0 = time.Now()
+				benchJob(b, h, mode, script)
+				main = append(main, time.Since(t0))
+				h.runBin = stageBin
 				t0 = time.Now()
 				floorJob(b, image, mode == "boot", i)
 				floor = append(floor, time.Since(t0))
 			}
 			b.ReportMetric(ms(median(ours)), "ms/job")
+			b.ReportMetric(ms(median(main)), "main-ms/job")
 			b.ReportMetric(ms(median(floor)), "floor-ms/job")
 			b.ReportMetric(float64(median(ours))/float64(median(floor)), "x-floor")
+			b.ReportMetric(float64(median(main))/float64(median(floor)), "main-x-floor")
 		})
 	}
 	b.Run("concurrent8", func(b *testing.B) {
@@ -159,8 +170,9 @@ func BenchmarkLifecycle(b *testing.B) {
 	h.assertClean(b)
 }
 
-// BenchmarkRunStage: one run stage against one nsenter into the same
-// machine (bash -c true, and sh -c true as in FACTS.md).
+// BenchmarkRunStage: one run stage of nspawn-runner-stage and one of
+// nspawn-runner run (main-*) against one nsenter into the same machine
+// (bash -c true, and sh -c true as in FACTS.md), interleaved.
 func BenchmarkRunStage(b *testing.B) {
 	h, _ := benchHost(b)
 	script := filepath.Join(b.TempDir(), "true.sh")
@@ -171,13 +183,22 @@ func BenchmarkRunStage(b *testing.B) {
 			j.must("prepare", "bookworm", "--mode", mode)
 			defer j.must("cleanup")
 			leader := strconv.Itoa(num(h.recordOf(j)["leader_pid"]))
-			var ours, bash, sh []time.Duration
+			var ours, main, bash, sh []time.Duration
+			stageBin := h.runBin
+			defer func() { h.runBin = stageBin }()
 			for i := 0; i < b.N; i++ {
 				t0 := time.Now()
 				if r := j.call("run", script, "build_script"); r.code != 0 {
 					b.Fatalf("run: %s", r.stderr)
 				}
 				ours = append(ours, time.Since(t0))
+				h.runBin = h.bin
+				t0 = time.Now()
+				if r := j.call("run", script, "build_script"); r.code != 0 {
+					b.Fatalf("nspawn-runner run: %s", r.stderr)
+				}
+				main = append(main, time.Since(t0))
+				h.runBin = stageBin
 				t0 = time.Now()
 				exec.Command("nsenter", "-t", leader, "-a", "bash", "-c", "true").Run()
 				bash = append(bash, time.Since(t0))
@@ -190,6 +211,9 @@ func BenchmarkRunStage(b *testing.B) {
 			b.ReportMetric(ms(median(sh)), "nsenter-sh-ms")
 			b.ReportMetric(float64(median(ours))/float64(median(bash)), "x-nsenter-bash")
 			b.ReportMetric(float64(median(ours))/float64(median(sh)), "x-nsenter-sh")
+			b.ReportMetric(ms(median(main)), "main-ms/stage")
+			b.ReportMetric(float64(median(main))/float64(median(bash)), "main-x-nsenter-bash")
+			b.ReportMetric(float64(median(main))/float64(median(sh)), "main-x-nsenter-sh")
 		})
 	}
 }

@@ -1,11 +1,12 @@
 package integration
 
-// Where one run stage's time goes (issue 11): the binary built with
-// -tags stagetrace marks the end of each phase of the process with the
-// wall clock and its minor page faults so far (internal/stagetrace), and
-// this benchmark runs it interleaved with the floors (an empty Go
-// program, nsenter into the same machine with bash and with sh), so that
-// the noise of a shared machine hits all of them alike.
+// Where one run stage's time goes (issue 11): the executables built with
+// -tags stagetrace (nspawn-runner-stage and nspawn-runner) mark the end of
+// each phase of the process with the wall clock and its minor page faults
+// so far (internal/stagetrace), and this benchmark runs them interleaved
+// with the floors (an empty Go program, nsenter into the same machine with
+// bash and with sh), so that the noise of a shared machine hits all of
+// them alike.
 
 import (
 	"bufio"
@@ -39,8 +40,10 @@ var stagePhases = []struct{ mark, what string }{
 }
 
 // BenchmarkStageBreakdown: one run stage of a fast-mode machine phase by
-// phase (ms and page faults each), next to an empty Go program and the
-// nsenter floors. The phases' medians need not add up to the median stage.
+// phase (ms and page faults each), of nspawn-runner-stage and of
+// nspawn-runner run (main-*), next to an empty Go program and the nsenter
+// floors, all interleaved. The phases' medians need not add up to the
+// median stage.
 func BenchmarkStageBreakdown(b *testing.B) {
 	h, _ := benchHost(b)
 	traced := filepath.Join(b.TempDir(), "nspawn-runner-traced")
@@ -56,9 +59,19 @@ func BenchmarkStageBreakdown(b *testing.B) {
 	defer j.must("cleanup")
 	leader := strconv.Itoa(num(h.recordOf(j)["leader_pid"]))
 
-	phaseMS := make([][]time.Duration, len(stagePhases))
-	phaseFaults := make([][]int64, len(stagePhases))
-	var whole, goEmpty, bash, sh []time.Duration
+	type breakdown struct {
+		prefix string // of the metrics
+		exe    string
+		ms     [][]time.Duration
+		faults [][]int64
+		whole  []time.Duration
+		total  []int64 // page faults up to the exit mark
+	}
+	runs := []*breakdown{{prefix: "", exe: stageBinary(traced)}, {prefix: "main-", exe: traced}}
+	for _, r := range runs {
+		r.ms, r.faults = make([][]time.Duration, len(stagePhases)), make([][]int64, len(stagePhases))
+	}
+	var goEmpty, bash, sh []time.Duration
 	timed := func(cmd *exec.Cmd) time.Duration {
 		t0 := time.Now()
 		if err := cmd.Run(); err != nil {
@@ -67,46 +80,52 @@ func BenchmarkStageBreakdown(b *testing.B) {
 		return time.Since(t0)
 	}
 	for i := 0; i < b.N; i++ {
-		os.Remove(trace)
-		cmd := h.command(context.Background(), []string{"NSPAWN_RUNNER_STAGETRACE=" + trace}, j.dir, "run", script, "build_script", "--id", j.id)
-		cmd.Path, cmd.Args[0] = traced, traced
-		t0 := time.Now()
-		if err := cmd.Run(); err != nil {
-			b.Fatalf("traced run: %v", err)
-		}
-		end := time.Now()
-		whole = append(whole, end.Sub(t0))
-		marks := readMarks(b, trace)
-		prevAt, prevFaults := t0.UnixNano(), int64(0)
-		for k, p := range stagePhases {
-			at, faults := end.UnixNano(), prevFaults
-			if p.mark != "" {
-				m, ok := marks[p.mark]
-				if !ok {
-					b.Fatalf("no mark %s in %v", p.mark, marks)
-				}
-				at, faults = m[0], m[1]
+		for _, r := range runs {
+			os.Remove(trace)
+			cmd := h.command(context.Background(), []string{"NSPAWN_RUNNER_STAGETRACE=" + trace}, j.dir, "run", script, "build_script", "--id", j.id)
+			cmd.Path, cmd.Args[0] = r.exe, r.exe
+			t0 := time.Now()
+			if err := cmd.Run(); err != nil {
+				b.Fatalf("traced run %s: %v", r.exe, err)
 			}
-			phaseMS[k] = append(phaseMS[k], time.Duration(at-prevAt))
-			phaseFaults[k] = append(phaseFaults[k], faults-prevFaults)
-			prevAt, prevFaults = at, faults
+			end := time.Now()
+			r.whole = append(r.whole, end.Sub(t0))
+			marks := readMarks(b, trace)
+			prevAt, prevFaults := t0.UnixNano(), int64(0)
+			for k, p := range stagePhases {
+				at, faults := end.UnixNano(), prevFaults
+				if p.mark != "" {
+					m, ok := marks[p.mark]
+					if !ok {
+						b.Fatalf("%s: no mark %s in %v", r.exe, p.mark, marks)
+					}
+					at, faults = m[0], m[1]
+				}
+				r.ms[k] = append(r.ms[k], time.Duration(at-prevAt))
+				r.faults[k] = append(r.faults[k], faults-prevFaults)
+				prevAt, prevFaults = at, faults
+			}
+			r.total = append(r.total, prevFaults)
 		}
 		goEmpty = append(goEmpty, timed(exec.Command(empty)))
 		bash = append(bash, timed(exec.Command("nsenter", "-t", leader, "-a", "bash", "-c", "true")))
 		sh = append(sh, timed(exec.Command("nsenter", "-t", leader, "-a", "sh", "-c", "true")))
 	}
-	for k, p := range stagePhases {
-		b.ReportMetric(ms(median(phaseMS[k])), p.what+"-ms")
-		if p.mark != "" {
-			b.ReportMetric(float64(median(phaseFaults[k])), p.what+"-faults")
+	for _, r := range runs {
+		for k, p := range stagePhases {
+			b.ReportMetric(ms(median(r.ms[k])), r.prefix+p.what+"-ms")
+			if p.mark != "" {
+				b.ReportMetric(float64(median(r.faults[k])), r.prefix+p.what+"-faults")
+			}
 		}
+		b.ReportMetric(float64(median(r.total)), r.prefix+"faults/stage")
+		b.ReportMetric(ms(median(r.whole)), r.prefix+"ms/stage")
+		b.ReportMetric(float64(median(r.whole))/float64(median(bash)), r.prefix+"x-nsenter-bash")
+		b.ReportMetric(float64(median(r.whole))/float64(median(sh)), r.prefix+"x-nsenter-sh")
 	}
-	b.ReportMetric(ms(median(whole)), "ms/stage")
 	b.ReportMetric(ms(median(goEmpty)), "empty-go-ms")
 	b.ReportMetric(ms(median(bash)), "nsenter-bash-ms")
 	b.ReportMetric(ms(median(sh)), "nsenter-sh-ms")
-	b.ReportMetric(float64(median(whole))/float64(median(bash)), "x-nsenter-bash")
-	b.ReportMetric(float64(median(whole))/float64(median(sh)), "x-nsenter-sh")
 }
 
 // readMarks reads a stagetrace file: mark -> {unix nanoseconds, faults}.

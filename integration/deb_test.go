@@ -51,7 +51,7 @@ func TestDebianPackage(t *testing.T) {
 	}
 	deb := debs[0]
 	files := packageFiles(t, deb)
-	for _, want := range []string{"/usr/bin/nspawn-runner", "/etc/nspawn-runner.yaml", "/lib/systemd/system/nspawn-runner-gc.timer",
+	for _, want := range []string{"/usr/bin/nspawn-runner", "/usr/lib/nspawn-runner/nspawn-runner-stage", "/etc/nspawn-runner.yaml", "/lib/systemd/system/nspawn-runner-gc.timer",
 		"/usr/lib/sysctl.d/60-nspawn-runner.conf", "/usr/share/man/man1/nspawn-runner.1.gz",
 		"/usr/share/doc/nspawn-runner/examples/nspawn-runner.cron", "/usr/share/doc/nspawn-runner/examples/bookworm.yaml"} {
 		if !files[want] {
@@ -63,6 +63,16 @@ func TestDebianPackage(t *testing.T) {
 	got := testutil.Run(t, "/usr/bin/nspawn-runner", "--version")
 	if !strings.Contains(got, "1.0~test") {
 		t.Errorf("--version = %q, want 1.0~test", got)
+	}
+	// toml names the stage executable as run_exec, and the stage
+	// executable finds nspawn-runner for what it hands over (help here).
+	const stageExe = "/usr/lib/nspawn-runner/nspawn-runner-stage"
+	if toml := testutil.Run(t, "/usr/bin/nspawn-runner", "--config", "/dev/null", "toml", "bookworm"); !strings.Contains(toml, `run_exec = "`+stageExe+`"`) ||
+		!strings.Contains(toml, `prepare_exec = "/usr/bin/nspawn-runner"`) {
+		t.Errorf("toml of the installed package:\n%s", toml)
+	}
+	if help, err := exec.Command(stageExe, "--help").CombinedOutput(); err != nil || !strings.Contains(string(help), "chroot-create") {
+		t.Errorf("%s --help (handed to nspawn-runner): %v\n%s", stageExe, err, help)
 	}
 	if b, err := os.ReadFile("/usr/lib/sysctl.d/60-nspawn-runner.conf"); err != nil || !strings.Contains(string(b), "fs.inotify.max_user_instances = 8192") {
 		t.Errorf("installed drop-in: %q, %v", b, err)

@@ -96,6 +96,11 @@ type Options struct {
 	// PlainRoot puts the images on a plain directory of the host's
 	// filesystem instead of a loopback btrfs.
 	PlainRoot bool
+	// MainRun runs the run stages with nspawn-runner run instead of the
+	// run_exec toml printed (nspawn-runner-stage when it is built next to
+	// the binary): what a runner section from an install without the
+	// stage executable does.
+	MainRun bool
 }
 
 // Runner is one runner host: its own root with a base image, run dir,
@@ -121,6 +126,9 @@ type Runner struct {
 	// stage (config, prepare, run, cleanup): the harness calls the binary
 	// with exactly those, as gitlab-runner would.
 	StageArgs map[string][]string
+	// RunExec is the executable of the run stages: the run_exec toml
+	// printed (nspawn-runner-stage), or Bin with Options.MainRun.
+	RunExec string
 
 	t      *testing.T
 	mu     sync.Mutex
@@ -200,8 +208,11 @@ func NewRunner(t *testing.T, o Options) *Runner {
 	if code != 0 {
 		t.Fatalf("toml: exit %d\n%s", code, errOut)
 	}
-	if r.StageArgs, err = sectionArgs(out, bin); err != nil {
+	if r.StageArgs, r.RunExec, err = sectionArgs(out, bin); err != nil {
 		t.Fatalf("toml output: %v\n%s", err, out)
+	}
+	if o.MainRun {
+		r.RunExec = bin
 	}
 	r.TOMLPath = filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(r.TOMLPath, []byte(out), 0o600); err != nil {
@@ -212,12 +223,20 @@ func NewRunner(t *testing.T, o Options) *Runner {
 	return r
 }
 
+// stageBinary is the run stage's executable that make build puts next to
+// bin.
+func stageBinary(bin string) string {
+	return filepath.Join(filepath.Dir(bin), "nspawn-runner-stage")
+}
+
 // sectionArgs reads the four executables and their args from the runner
-// section. The values are TOML basic strings and arrays of them, which the
-// section writes with JSON-compatible escapes only, so JSON decodes them;
-// the section's full TOML validity is the gitlab package's test.
-func sectionArgs(doc, bin string) (map[string][]string, error) {
-	args := map[string][]string{}
+// section: every stage runs bin, but run, which runs the stage executable
+// when it is built next to bin (runExec). The values are TOML basic
+// strings and arrays of them, which the section writes with
+// JSON-compatible escapes only, so JSON decodes them; the section's full
+// TOML validity is the gitlab package's test.
+func sectionArgs(doc, bin string) (args map[string][]string, runExec string, err error) {
+	args = map[string][]string{}
 	for _, stage := range []string{"config", "prepare", "run", "cleanup"} {
 		var exe string
 		var a []string
@@ -227,20 +246,27 @@ func sectionArgs(doc, bin string) (map[string][]string, error) {
 			case !ok:
 			case k == stage+"_exec":
 				if err := json.Unmarshal([]byte(v), &exe); err != nil {
-					return nil, fmt.Errorf("%s: %v", k, err)
+					return nil, "", fmt.Errorf("%s: %v", k, err)
 				}
 			case k == stage+"_args":
 				if err := json.Unmarshal([]byte(v), &a); err != nil {
-					return nil, fmt.Errorf("%s: %v", k, err)
+					return nil, "", fmt.Errorf("%s: %v", k, err)
 				}
 			}
 		}
-		if exe != bin || len(a) == 0 {
-			return nil, fmt.Errorf("%s_exec = %q with args %q, want %s and args", stage, exe, a, bin)
+		want := bin
+		if stage == "run" {
+			if _, err := os.Stat(stageBinary(bin)); err == nil {
+				want = stageBinary(bin)
+			}
+			runExec = exe
+		}
+		if exe != want || len(a) == 0 {
+			return nil, "", fmt.Errorf("%s_exec = %q with args %q, want %s and args", stage, exe, a, want)
 		}
 		args[stage] = a
 	}
-	return args, nil
+	return args, runExec, nil
 }
 
 // placeImage copies the read-only cached tree into Root/name, as a btrfs
@@ -291,9 +317,14 @@ func (r *Runner) ID() string {
 // call runs the binary with args in dir with env; it returns stdout,
 // stderr and the exit code (-1 when it could not run or timed out).
 func (r *Runner) call(ctx context.Context, dir string, env []string, args ...string) (string, string, int) {
+	return r.callExe(ctx, r.Bin, dir, env, args...)
+}
+
+// callExe is call with the executable exe (RunExec for run stages).
+func (r *Runner) callExe(ctx context.Context, exe, dir string, env []string, args ...string) (string, string, int) {
 	ctx, cancel := context.WithTimeout(ctx, stageTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, r.Bin, args...)
+	cmd := exec.CommandContext(ctx, exe, args...)
 	cmd.Dir = dir
 	cmd.Env = env
 	var out, errOut bytes.Buffer
@@ -876,7 +907,7 @@ func (r *Runner) RunJob(t *testing.T, j Job) *Result {
 		if name == "build_script" && j.CancelOn != "" {
 			out, errOut, code = r.callCancel(tmp, env, j.CancelOn, args...)
 		} else {
-			out, errOut, code = r.call(context.Background(), tmp, env, args...)
+			out, errOut, code = r.callExe(context.Background(), r.RunExec, tmp, env, args...)
 		}
 		cf, _ := os.ReadFile(codeFile)
 		s := record(&res.Stages, name, out, errOut, code, time.Since(start), strings.TrimSpace(string(cf)))
@@ -950,7 +981,7 @@ func outcome(code int) string {
 // SIGTERM to its process group as gitlab-runner does on cancel or timeout,
 // then SIGKILL after the graceful timeout of the runner section.
 func (r *Runner) callCancel(dir string, env []string, marker string, args ...string) (string, string, int) {
-	cmd := exec.Command(r.Bin, args...)
+	cmd := exec.Command(r.RunExec, args...)
 	cmd.Dir = dir
 	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -126,8 +126,22 @@ func TestPassingJob(t *testing.T) {
 // The job script's own exit code is a build failure: exit 1 to the runner,
 // the real code in BUILD_EXIT_CODE_FILE; after_script and the on_failure
 // stages still run.
+// runExecs are the two run stage executables, for tests of the executor
+// contract: nspawn-runner-stage (the run_exec toml prints) and
+// nspawn-runner run.
+var runExecs = []struct {
+	name string
+	main bool
+}{{"stage", false}, {"main", true}}
+
 func TestBuildFailure(t *testing.T) {
-	r := NewRunner(t, Options{StandIn: true})
+	for _, x := range runExecs {
+		t.Run(x.name, func(t *testing.T) { scriptFailure(t, x.main) })
+	}
+}
+
+func scriptFailure(t *testing.T, mainRun bool) {
+	r := NewRunner(t, Options{StandIn: true, MainRun: mainRun})
 	for _, script := range [][]string{
 		{`echo before`, `exit 42`, `echo not reached`},
 		{`echo before`, `sh -c 'exit 42'`, `echo not reached`},
@@ -316,7 +330,13 @@ func TestNoRunnerBinary(t *testing.T) {
 // SIGTERM during a script (the runner's cancel) ends run promptly with
 // nothing of the stage left running; cleanup then removes the machine.
 func TestCancel(t *testing.T) {
-	r := NewRunner(t, Options{StandIn: true})
+	for _, x := range runExecs {
+		t.Run(x.name, func(t *testing.T) { cancelJob(t, x.main) })
+	}
+}
+
+func cancelJob(t *testing.T, mainRun bool) {
+	r := NewRunner(t, Options{StandIn: true, MainRun: mainRun})
 	res := r.RunJob(t, Job{
 		Script:      []string{`sleep 1000 & echo "sleeping as $!"`, `echo CANCEL-READY`, `wait`},
 		AfterScript: []string{`echo after-script-ran`},

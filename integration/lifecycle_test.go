@@ -48,6 +48,9 @@ type lcHost struct {
 	cgParent string
 	prefix   string
 	ids      atomic.Int64
+	// runBin runs the run stages: nspawn-runner-stage, built next to bin
+	// (what toml names as run_exec), or bin itself (runWith).
+	runBin string
 	// netNS, when set, is a pinned network namespace every call of the
 	// binary runs in (the network tests' stand-in for the host's).
 	netNS string
@@ -76,6 +79,7 @@ func newLCHost(t testing.TB, btrfsRoot bool, machineYAML string) *lcHost {
 	testutil.RequireBinary(t, "systemd-nspawn")
 	image := testutil.Image(t)
 	h := &lcHost{t: t, bin: lcBinary(t)}
+	h.runBin = stageBinary(h.bin)
 	if btrfsRoot {
 		testutil.RequireBinary(t, "mkfs.btrfs")
 		h.root = filepath.Join(testutil.NewBtrfs(t, 6<<30), "images")
@@ -172,11 +176,29 @@ func (h *lcHost) command(ctx context.Context, env []string, dir string, args ...
 			full = append(full, "--name-prefix", h.prefix, "--cgroup-parent", h.cgParent)
 		}
 	}
-	cmd := exec.CommandContext(ctx, h.bin, full...)
+	bin := h.bin
+	if len(args) > 0 && args[0] == "run" {
+		bin = h.runBin
+	}
+	cmd := exec.CommandContext(ctx, bin, full...)
 	cmd.Dir = dir
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "BUILD_FAILURE_EXIT_CODE=1", "SYSTEM_FAILURE_EXIT_CODE=2", "HOST_ONLY=leak"}, env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	return cmd
+}
+
+// runWith runs the subtests of fn once with each run stage executable
+// (runExecs): the executor contract holds with both.
+func (h *lcHost) runWith(t *testing.T, fn func(t *testing.T)) {
+	saved := h.runBin
+	defer func() { h.runBin = saved }()
+	for _, x := range runExecs {
+		h.runBin = stageBinary(h.bin)
+		if x.main {
+			h.runBin = h.bin
+		}
+		t.Run(x.name, fn)
+	}
 }
 
 // job is one CI job on a host: its id and its own temporary directory.
@@ -384,7 +406,9 @@ func lcStages(t *testing.T, h *lcHost, mode, wantStorage string) {
 func TestLifecycleBtrfs(t *testing.T) {
 	h := newLCHost(t, true, "")
 	for _, mode := range []string{"boot", "fast"} {
-		t.Run(mode, func(t *testing.T) { lcStages(t, h, mode, "btrfs") })
+		t.Run(mode, func(t *testing.T) {
+			h.runWith(t, func(t *testing.T) { lcStages(t, h, mode, "btrfs") })
+		})
 	}
 	t.Run("volatile", func(t *testing.T) {
 		saved := h.config
@@ -426,10 +450,10 @@ func TestLifecycleBtrfs(t *testing.T) {
 		}
 		j.must("cleanup")
 	})
-	t.Run("dead machine", func(t *testing.T) { lcDeadMachine(t, h) })
+	t.Run("dead machine", func(t *testing.T) { h.runWith(t, func(t *testing.T) { lcDeadMachine(t, h) }) })
 	t.Run("gc after reboot", func(t *testing.T) { lcAfterReboot(t, h) })
 	t.Run("nspawn died", func(t *testing.T) { lcNspawnDied(t, h) })
-	t.Run("sigterm during run", func(t *testing.T) { lcSigterm(t, h) })
+	t.Run("sigterm during run", func(t *testing.T) { h.runWith(t, func(t *testing.T) { lcSigterm(t, h) }) })
 	t.Run("sigkill", func(t *testing.T) { lcSigkill(t, h) })
 	t.Run("concurrent", func(t *testing.T) { lcConcurrent(t, h, "boot") })
 	t.Run("hostile", func(t *testing.T) { lcHostile(t, h) })

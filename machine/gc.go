@@ -47,11 +47,11 @@ func (m *Manager) GC(ctx context.Context, maxAge time.Duration) (GCResult, error
 			continue
 		}
 		rec, rerr := readRecord(l.Record)
-		live := rerr == nil && rec.up()
+		live := rerr == nil && rec.IsUp()
 		if live && rec.Job != "" {
 			// A service lives as long as its job's machine runs.
 			jr, err := readRecord(m.layout(rec.Job).Record)
-			live = err == nil && jr.running()
+			live = err == nil && jr.IsRunning()
 		}
 		if live && !Expired(rec.Created, now, maxAge) {
 			lk.release(false)
@@ -94,7 +94,7 @@ func (m *Manager) GC(ctx context.Context, maxAge time.Duration) (GCResult, error
 	}
 	if h, err := m.cgroups(); err == nil {
 		// Refills that ended leave their cgroup empty.
-		removeIfEmpty(h, filepath.Join(m.parent(), refillCgroup))
+		h.RemoveIfEmpty(filepath.Join(m.parent(), refillCgroup))
 	}
 	// Private networks of machines that are gone (their state removed
 	// by hand, or never recorded), then the bridge and tables once no
@@ -209,7 +209,7 @@ func (m *Manager) List(ctx context.Context) ([]Status, error) {
 		switch rec.State {
 		case StateRunning, StatePooled:
 			s.State = StateDead
-			if rec.up() {
+			if rec.IsUp() {
 				s.State = rec.State
 			}
 		default:

@@ -137,13 +137,6 @@ func TestPlan(t *testing.T) {
 	}
 }
 
-func TestRunEnv(t *testing.T) {
-	env := RunEnv([]string{"/opt/gitlab"}, []string{"FOO=1"})
-	if env[0] != "PATH=/opt/gitlab:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" || env[len(env)-1] != "FOO=1" || !slices.Contains(env, "HOME=/root") {
-		t.Errorf("RunEnv = %q", env)
-	}
-}
-
 func TestExpired(t *testing.T) {
 	now := time.Now()
 	if Expired(now.Add(-time.Hour), now, 0) || !Expired(now.Add(-time.Hour), now, time.Minute) || Expired(now, now, time.Minute) {

@@ -223,6 +223,9 @@ func (m *Manager) takeOver(rec *Record, pl, l Layout, req PrepareRequest) error 
 	job.Name, job.JobID, job.State, job.PoolKey = l.Name, req.JobID, StatePreparing, ""
 	job.Machine = cmp.Or(rec.Machine, pl.Name)
 	job.RunDir, job.Path, job.Env, job.Binds = l.RunDir, req.Path, req.Env, req.Binds
+	// The shell is not part of the pool key: this prepare's configuration
+	// says it.
+	job.Shell, job.MemoryMax = m.Config.Shell, m.limits().MemoryMax
 	// The job's age counts from its claim (gc --max-age).
 	job.Created = time.Now().UTC()
 	if rec.MachineDir != "" {

@@ -249,6 +249,9 @@ func (m *Manager) prepare(ctx context.Context, o startOpts) error {
 		Path:         req.Path, Env: req.Env, Binds: req.Binds, Created: time.Now().UTC(),
 		Job: o.job, Service: o.service, Aliases: o.aliases, PoolKey: o.poolKey,
 		DebugServices: o.job == "" && len(req.Services) > 0 && req.DebugServices,
+		// What the run stages need of the configuration (package stage
+		// reads no configuration file).
+		Shell: m.Config.Shell, MemoryMax: m.limits().MemoryMax,
 	}
 	if storage != StorageVolatile {
 		rec.Tree, rec.MachineDir = l.Tree, l.MachineDir

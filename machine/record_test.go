@@ -30,6 +30,7 @@ func goldenRecord() *Record {
 		// A pooled machine has a pool key, a claimed one the name it was
 		// started with; one record holds both for the format's sake.
 		PoolKey: "0123456789abcdef01234567", Machine: "nr-pool-0123456789abc",
+		Shell: "bash", MemoryMax: 2 << 30,
 	}
 }
 
@@ -83,6 +84,8 @@ func TestRecordUntaggedBinds(t *testing.T) {
 	// And the service fields.
 	want.Job, want.Service, want.Aliases, want.DebugServices = "", "", nil, false
 	want.PrivateUsers, want.UIDShift = false, 0
+	// And what the run stage reads instead of the configuration.
+	want.Shell, want.MemoryMax = "", 0
 	if !reflect.DeepEqual(r, want) {
 		t.Errorf("readRecord(testdata/record-untagged-binds.json) = %+v, want %+v", r, want)
 	}

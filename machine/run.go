@@ -2,263 +2,31 @@ package machine
 
 import (
 	"context"
-	"encoding/hex"
-	"errors"
-	"fmt"
-	"io"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"syscall"
-	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/nspawn-runner/nspawn-runner/internal/stagetrace"
-	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
-	"github.com/nspawn-runner/nspawn-runner/sys/ns"
+	"github.com/nspawn-runner/nspawn-runner/stage"
 )
 
 // ErrDead is returned when a job's machine is no longer running.
-var ErrDead = errors.New("the job's machine is not running")
-
-// TermGrace is how long a cancelled stage's processes get between SIGTERM
-// and SIGKILL.
-const TermGrace = 3 * time.Second
+var ErrDead = stage.ErrDead
 
 // RunRequest is one stage to run in a job's machine.
-type RunRequest struct {
-	JobID, Key string
-	// Script is the host path of the stage script.
-	Script string
-	// Stage is gitlab-runner's stage name (any string; for logs and the
-	// script's name inside the machine).
-	Stage string
-	// Path and Env extend the environment for this stage.
-	Path []string
-	Env  []string
-	// Stdout and Stderr receive the script's output unbuffered (the file
-	// descriptors are passed straight through); nil means ours.
-	Stdout, Stderr *os.File
-}
+type RunRequest = stage.Request
 
-// Run runs a stage script with the configured shell as root in the job's
-// machine, in its namespaces and cgroup, with a clean environment and "/"
-// as working directory. A non-zero exit of the script is an *ExitError.
-// When ctx ends (SIGTERM to us), the stage's processes get SIGTERM, then
-// SIGKILL after TermGrace, and Run returns ctx's error.
+// Run runs a stage script in the job's machine: stage.Run, with the
+// configuration's shell and memory limit for records of earlier binaries
+// and the services' logs for CI_DEBUG_SERVICES.
 func (m *Manager) Run(ctx context.Context, req RunRequest) error {
-	name, err := m.Name(req.JobID, req.Key)
-	if err != nil {
-		return err
-	}
-	l := m.layout(name)
-	rec, err := readRecord(l.Record)
-	if err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return fmt.Errorf("run: machine %s: %w (did prepare succeed?)", name, ErrNotFound)
-		}
-		return err
-	}
-	if rec.State != StateRunning {
-		return fmt.Errorf("run: machine %s is %s: %w", name, rec.State, ErrDead)
-	}
-	if !rec.running() {
-		return fmt.Errorf("run: machine %s is gone (its systemd-nspawn exited: %w); retry the job, cleanup stops what is left", name, ErrDead)
-	}
-	leader, err := ns.Open(rec.LeaderPID, rec.LeaderStart)
-	if err != nil {
-		return fmt.Errorf("run: machine %s (leader pid %d): %w: %v", name, rec.LeaderPID, ErrDead, err)
-	}
-	defer leader.Close()
-	if rec.DebugServices {
-		// CI_DEBUG_SERVICES: the services' output goes on during every
-		// stage, as the docker executor streams it.
-		out := io.Writer(req.Stderr)
-		if req.Stderr == nil {
-			out = os.Stderr
-		}
-		defer m.streamServiceLogs(name, out)()
-	}
-	stagetrace.Mark("record")
-
-	// The script: a copy in the machine's scripts directory on the host,
-	// which the machine sees read-only at ScriptDir. Nothing is written
-	// into the machine's own tree, so no path in it is ever followed.
-	// getrandom(2) itself: crypto/rand's vDSO path first maps its state,
-	// page faults a one-shot process pays for nothing (O_EXCL below is
-	// what guarantees the name is unused).
-	var rnd [6]byte
-	_, _ = unix.Getrandom(rnd[:], 0)
-	file := "stage-" + hex.EncodeToString(rnd[:])
-	hostScript := filepath.Join(l.Scripts, file)
-	if err := copyFile(req.Script, hostScript); err != nil {
-		return fmt.Errorf("run: %w", err)
-	}
-	defer os.Remove(hostScript)
-	if rec.PrivateUsers {
-		// The machine's root is not the host's: the copy (0600) must be
-		// its own to be readable (adoptRunFiles).
-		if err := os.Chown(hostScript, int(rec.UIDShift), int(rec.UIDShift)); err != nil {
-			return fmt.Errorf("run: give the script to the machine's root: %w", err)
-		}
-	}
-	stagetrace.Mark("script")
-
-	// A cgroup of its own under the machine's: limits apply, and a
-	// cancelled stage can be killed whole, daemons included.
-	cgFD, stageCg := -1, ""
-	h, cgErr := m.cgroups()
-	if cgErr == nil && rec.Cgroup != "" && h.Exists(rec.Cgroup) {
-		stageCg = filepath.Join(rec.Cgroup, file)
-		if _, err := h.Create(stageCg, nil); err != nil {
-			return fmt.Errorf("run: %w", err)
-		}
-		defer removeIfEmpty(h, stageCg)
-		f, err := h.Open(stageCg)
-		if err != nil {
-			return fmt.Errorf("run: %w", err)
-		}
-		defer f.Close()
-		cgFD = int(f.Fd())
-	}
-	// The kernel's OOM kills in the machine so far: a stage that ends with
-	// more was killed for the machine's memory limit, and the job log
-	// says so.
-	oomBefore, oomKnown := uint64(0), false
-	if stageCg != "" {
-		oomBefore, oomKnown = h.OOMKills(rec.Cgroup)
-	}
-	stagetrace.Mark("cgroup")
-	stdout, stderr := req.Stdout, req.Stderr
-	if stdout == nil {
-		stdout = os.Stdout
-	}
-	if stderr == nil {
-		stderr = os.Stderr
-	}
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
-		return fmt.Errorf("run: %w", err)
-	}
-	defer devnull.Close()
-	shell := m.Config.Shell
-	env := RunEnv(append(append([]string{}, req.Path...), rec.Path...), append(append([]string{}, rec.Env...), req.Env...))
-	p, err := ns.Start(leader, ns.Cmd{
-		Path:     shell,
-		Args:     []string{shell, ScriptDir + "/" + file},
-		Env:      env,
-		Dir:      "/",
-		Stdin:    devnull,
-		Stdout:   stdout,
-		Stderr:   stderr,
-		CgroupFD: cgFD,
-		Setpgid:  true,
-	})
-	if err != nil {
-		if errors.Is(err, ns.ErrGone) {
-			return fmt.Errorf("run: machine %s: %w", name, ErrDead)
-		}
-		return fmt.Errorf("run: %w", err)
-	}
-	stagetrace.Mark("started")
-	select {
-	case <-p.Done():
-	case <-ctx.Done():
-		m.terminate(p, h, stageCg)
-		return fmt.Errorf("run: stage %s cancelled: %w", req.Stage, ctx.Err())
-	}
-	stagetrace.Mark("exited")
-	_, werr := p.Wait()
-	var ee *exec.ExitError
-	if errors.As(werr, &ee) {
-		code := ee.ExitCode()
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			// As a shell reports it: 128 + signal number.
-			code = 128 + int(ws.Signal())
-		}
-		if n, ok := oomKills(h, rec.Cgroup, oomKnown); ok && n > oomBefore {
-			fmt.Fprintf(stderr, "nspawn-runner: the job ran out of memory: the kernel killed %d process(es) of the machine at its limit (machine.memory_max %s)\n", n-oomBefore, mib(m.limits().MemoryMax))
-		}
-		if !leader.Alive() {
-			return fmt.Errorf("run: machine %s died during stage %s: %w", name, req.Stage, ErrDead)
-		}
-		return &ExitError{Code: code}
-	}
-	if werr != nil {
-		return fmt.Errorf("run: %w", werr)
-	}
-	return nil
+	return stage.Run(ctx, m.stageMachine(), req)
 }
 
-// terminate ends a cancelled stage: SIGTERM to its process group, SIGKILL
-// to its whole cgroup after TermGrace or as soon as the script is gone.
-func (m *Manager) terminate(p *ns.Process, h cgroup.Hierarchy, stageCg string) {
-	_ = unix.Kill(-p.Pid, unix.SIGTERM)
-	select {
-	case <-p.Done():
-	case <-time.After(TermGrace):
-		_ = unix.Kill(-p.Pid, unix.SIGKILL)
+// stageMachine is what stage.Run needs of the manager.
+func (m *Manager) stageMachine() stage.Machine {
+	return stage.Machine{
+		RunDir:      m.RunDir,
+		NamePrefix:  m.NamePrefix,
+		Shell:       m.Config.Shell,
+		MemoryMax:   m.limits().MemoryMax,
+		ServiceLogs: m.streamServiceLogs,
+		Log:         m.Log,
 	}
-	if stageCg != "" {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := h.Kill(ctx, stageCg); err != nil {
-			m.log().Warn("killing the cancelled stage", "err", err)
-		}
-	}
-	select {
-	case <-p.Done():
-	case <-time.After(time.Second):
-	}
-}
-
-// oomKills is h.OOMKills when known is true (the hierarchy was found).
-func oomKills(h cgroup.Hierarchy, rel string, known bool) (uint64, bool) {
-	if !known {
-		return 0, false
-	}
-	return h.OOMKills(rel)
-}
-
-// mib formats a byte count for a log line; 0 is no limit.
-func mib(b uint64) string {
-	if b == 0 {
-		return "none"
-	}
-	return strconv.FormatUint(b>>20, 10) + " MiB"
-}
-
-// removeIfEmpty removes the stage's group unless processes are left in
-// it. Usually it is an empty leaf by now: one rmdir(2), which the kernel
-// refuses (EBUSY) while the group has processes or children, and only then
-// the walk that finds out which.
-func removeIfEmpty(h cgroup.Hierarchy, rel string) {
-	if unix.Rmdir(h.Path(rel)) == nil {
-		return
-	}
-	if pids, err := h.Procs(rel); err == nil && len(pids) == 0 {
-		_ = h.Remove(rel)
-	}
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("open script: %w", err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("copy script: %w", err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return fmt.Errorf("copy script to %s: %w", dst, err)
-	}
-	if err := out.Close(); err != nil {
-		return fmt.Errorf("copy script to %s: %w", dst, err)
-	}
-	return nil
 }

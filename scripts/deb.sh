@@ -3,7 +3,10 @@
 #
 #   scripts/deb.sh OUTDIR
 #
-# The package: /usr/bin/nspawn-runner (static), the systemd units and timers
+# The package: /usr/bin/nspawn-runner (static), the run stage's own
+# executable /usr/lib/nspawn-runner/nspawn-runner-stage (gitlab-runner runs
+# it, not users: off PATH, where Debian puts a package's internal
+# programs; nspawn-runner toml names it as run_exec), the systemd units and timers
 # of dist/ (not enabled), the commented default config /etc/nspawn-runner.yaml
 # (a conffile), the kernel limits drop-in /usr/lib/sysctl.d/60-nspawn-runner.conf
 # (applied at install, never lowering a limit), a man page generated from the
@@ -25,12 +28,13 @@ arch=$(dpkg --print-architecture)
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 pkg=$stage/pkg
-mkdir -p "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/lib/systemd/system" "$pkg/etc" \
+mkdir -p "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/usr/lib/nspawn-runner" "$pkg/lib/systemd/system" "$pkg/etc" \
 	"$pkg/usr/lib/sysctl.d" "$pkg/usr/share/man/man1" "$pkg/usr/share/doc/nspawn-runner/examples"
 
-make -s build BIN="$pkg/usr/bin/nspawn-runner" VERSION="$version"
+make -s build BIN="$pkg/usr/bin/nspawn-runner" STAGE_BIN="$pkg/usr/lib/nspawn-runner/nspawn-runner-stage" VERSION="$version"
 bin=$pkg/usr/bin/nspawn-runner
-chmod 0755 "$bin"
+stagebin=$pkg/usr/lib/nspawn-runner/nspawn-runner-stage
+chmod 0755 "$bin" "$stagebin"
 
 for f in dist/*.service dist/*.timer; do
 	sed 's|/usr/local/bin/|/usr/bin/|g' "$f" > "$pkg/lib/systemd/system/$(basename "$f")"
@@ -53,7 +57,7 @@ License: GPL-3.0-or-later
  version 3 can be found in /usr/share/common-licenses/GPL-3.
 COPYRIGHT
 find "$pkg" -type d -exec chmod 0755 {} +
-find "$pkg" -type f ! -path "$bin" -exec chmod 0644 {} +
+find "$pkg" -type f ! -path "$bin" ! -path "$stagebin" -exec chmod 0644 {} +
 
 echo /etc/nspawn-runner.yaml > "$pkg/DEBIAN/conffiles"
 size=$(du -sk --exclude=DEBIAN "$pkg" | cut -f1)

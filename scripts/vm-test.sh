@@ -133,7 +133,7 @@ for p in "${profiles[@]}"; do
 
 	run=$work/$p
 	mkdir -p "$run/inputs"
-	ln "$work/nspawn-runner" "$work/integration.test" "$run/inputs/"
+	ln "$work/nspawn-runner" "$work/nspawn-runner-stage" "$work/integration.test" "$run/inputs/"
 	cp scripts/vm/guest.sh "$run/inputs/"
 	# go test's own timeout in the guest ends before VM_TIMEOUT kills it,
 	# so a hung test shows its goroutines instead of a silent kill.

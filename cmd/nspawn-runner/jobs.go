@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,9 +13,9 @@ import (
 
 	"github.com/alecthomas/kingpin/v2"
 
+	"github.com/nspawn-runner/nspawn-runner/cmd/internal/runstage"
 	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/gitlab"
-	"github.com/nspawn-runner/nspawn-runner/internal/stagetrace"
 	"github.com/nspawn-runner/nspawn-runner/machine"
 )
 
@@ -81,14 +80,9 @@ func (g *globals) refillCommand(f *machineFlags) []string {
 	return argv
 }
 
-// job is the identity of the job a stage works on: --id (idFlag), else
-// the runner's job payload, else, when the config opts in, job variables.
+// job is the identity of the job a stage works on (runstage.Job).
 func (g *globals) job(idFlag string) (gitlab.Job, error) {
-	job, err := gitlab.JobFromEnv(g.getenv, gitlab.JobSources{Flag: idFlag, Variables: g.cfg.GitLab.JobIDFromVariables})
-	if errors.Is(err, gitlab.ErrNoJobID) && !g.cfg.GitLab.JobIDFromVariables {
-		return job, fmt.Errorf("%w; with a gitlab-runner too old to set it, gitlab.job_id_from_variables: true in the config takes the id from CUSTOM_ENV_CI_JOB_ID (a job can then reach other jobs' machines: see the README)", err)
-	}
-	return job, err
+	return runstage.Job(g.getenv, idFlag, g.cfg.GitLab.JobIDFromVariables)
 }
 
 // services are the job's services: their images chosen like image: but
@@ -263,32 +257,12 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 }
 
 // runCommand is the run stage, with the flags and arguments in g.run
-// (bound by kingpin, or filled by parseRun).
+// (bound by kingpin, or filled by parseRun): runstage.Stage with the
+// machine manager's Run, which nspawn-runner-stage runs as well.
 func (g *globals) runCommand() *command {
 	run := &g.run
 	return &command{stage: true, run: func(ctx context.Context) error {
-		job, err := g.job(run.id)
-		if err != nil {
-			return err
-		}
-		// The script's output goes straight from the processes in the
-		// machine to our own stdout and stderr, unbuffered: files.
-		stdout, ok1 := g.stdout.(*os.File)
-		stderr, ok2 := g.stderr.(*os.File)
-		if !ok1 || !ok2 {
-			return errors.New("standard output and error must be files")
-		}
-		script, stage, err := gitlab.RunArgs(run.args)
-		if err != nil {
-			return err
-		}
-		stagetrace.Mark("job")
-		err = g.manager(&run.machineFlags).Run(ctx, machine.RunRequest{JobID: job.ID, Key: job.Key, Script: script, Stage: stage, Stdout: stdout, Stderr: stderr})
-		stagetrace.Mark("teardown")
-		var ee *machine.ExitError
-		if errors.As(err, &ee) {
-			return &gitlab.BuildFailure{Code: ee.Code}
-		}
-		return err
+		c := runstage.Command{ID: run.id, Args: run.args}
+		return runstage.Stage(ctx, g.getenv, c, g.cfg.GitLab.JobIDFromVariables, g.stdout, g.stderr, g.manager(&run.machineFlags).Run)
 	}}
 }

@@ -319,6 +319,20 @@ func (h Hierarchy) Kill(ctx context.Context, rel string) error {
 	}
 }
 
+// RemoveIfEmpty removes the group unless processes are left in it.
+// Usually it is an empty leaf: one rmdir(2), which the kernel refuses
+// (EBUSY) while the group has processes or children, and only then the
+// walk (Procs, Remove) that finds out which. Errors are ignored: a group
+// left behind is collected later.
+func (h Hierarchy) RemoveIfEmpty(rel string) {
+	if unix.Rmdir(h.Path(rel)) == nil {
+		return
+	}
+	if pids, err := h.Procs(rel); err == nil && len(pids) == 0 {
+		_ = h.Remove(rel)
+	}
+}
+
 // Remove removes the group and its descendants, deepest first, in the
 // hierarchy and its mirrors. The groups must be empty (Kill first). A group
 // that does not exist is not an error.
