@@ -27,6 +27,6 @@ func (m *Manager) stageMachine() stage.Machine {
 		Shell:       m.Config.Shell,
 		MemoryMax:   m.limits().MemoryMax,
 		ServiceLogs: m.streamServiceLogs,
-		Log:         m.Log,
+		Warn:        m.log().Warn,
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +16,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/nspawn-runner/nspawn-runner/internal/logx"
 	"github.com/nspawn-runner/nspawn-runner/internal/stagetrace"
 	"github.com/nspawn-runner/nspawn-runner/machine/state"
 	"github.com/nspawn-runner/nspawn-runner/sys/cgroup"
@@ -65,7 +63,10 @@ type Machine struct {
 	// ServiceLogs, when set, streams the output of the services of job
 	// (a machine name) to out until stop is called: CI_DEBUG_SERVICES.
 	ServiceLogs func(job string, out io.Writer) (stop func())
-	Log         *slog.Logger
+	// Warn logs a warning with slog's arguments (slog.Logger.Warn; nil
+	// drops it). A func, not a logger: the stage executable writes its
+	// few warnings without linking log/slog.
+	Warn func(msg string, args ...any)
 }
 
 // Request is one stage to run in a job's machine.
@@ -95,7 +96,7 @@ func Run(ctx context.Context, m Machine, req Request) error {
 		return err
 	}
 	l := state.LayoutOf("", m.RunDir, "", name)
-	rec, err := state.Read(l.Record)
+	rec, err := state.ReadStage(l.Record)
 	if err != nil {
 		if errors.Is(err, state.ErrNotFound) {
 			return fmt.Errorf("run: machine %s: %w (did prepare succeed?)", name, state.ErrNotFound)
@@ -209,7 +210,7 @@ func Run(ctx context.Context, m Machine, req Request) error {
 	select {
 	case <-p.Done():
 	case <-ctx.Done():
-		terminate(logx.OrDiscard(m.Log), p, h, stageCg)
+		terminate(m.Warn, p, h, stageCg)
 		return fmt.Errorf("run: stage %s cancelled: %w", req.Stage, ctx.Err())
 	}
 	stagetrace.Mark("exited")
@@ -255,7 +256,7 @@ func Env(extraPath, extraEnv []string) []string {
 
 // terminate ends a cancelled stage: SIGTERM to its process group, SIGKILL
 // to its whole cgroup after TermGrace or as soon as the script is gone.
-func terminate(log *slog.Logger, p *ns.Process, h cgroup.Hierarchy, stageCg string) {
+func terminate(warn func(string, ...any), p *ns.Process, h cgroup.Hierarchy, stageCg string) {
 	_ = unix.Kill(-p.Pid, unix.SIGTERM)
 	select {
 	case <-p.Done():
@@ -265,8 +266,8 @@ func terminate(log *slog.Logger, p *ns.Process, h cgroup.Hierarchy, stageCg stri
 	if stageCg != "" {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := h.Kill(ctx, stageCg); err != nil {
-			log.Warn("killing the cancelled stage", "err", err)
+		if err := h.Kill(ctx, stageCg); err != nil && warn != nil {
+			warn("killing the cancelled stage", "err", err)
 		}
 	}
 	select {

@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -67,17 +66,14 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer, ha
 	if err != nil {
 		return fail(err)
 	}
-	level := slog.LevelWarn
-	if c.Verbose {
-		level = slog.LevelInfo
-	}
-	if c.Debug {
-		level = slog.LevelDebug
-	}
 	m := stage.Machine{
 		RunDir:     cmp.Or(c.RunDir, set.RunDir),
 		NamePrefix: c.NamePrefix,
-		Log:        slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
+		// The stage's only log lines are warnings, printed at every
+		// level (log/slog is more than this process should start).
+		Warn: func(msg string, args ...any) {
+			fmt.Fprintln(stderr, append([]any{"nspawn-runner run: warning:", msg}, args...)...)
+		},
 	}
 	stagetrace.Mark("config")
 	err = runstage.Stage(ctx, getenv, c, set.JobIDFromVariables, stdout, stderr, func(ctx context.Context, req stage.Request) error {
