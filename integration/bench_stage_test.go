@@ -41,8 +41,9 @@ var stagePhases = []struct{ mark, what string }{
 
 // BenchmarkStageBreakdown: one run stage of a fast-mode machine phase by
 // phase (ms and page faults each), of nspawn-runner-stage and of
-// nspawn-runner run (main-*), next to an empty Go program and the nsenter
-// floors, all interleaved. The phases' medians need not add up to the
+// nspawn-runner run (main-*), next to an empty Go program, the least a Go
+// stage can do (go-enter: testdata/goenter) and the nsenter floors, all
+// interleaved. The phases' medians need not add up to the
 // median stage.
 func BenchmarkStageBreakdown(b *testing.B) {
 	h, _ := benchHost(b)
@@ -51,6 +52,7 @@ func BenchmarkStageBreakdown(b *testing.B) {
 		b.Fatal(err)
 	}
 	empty := emptyGoProgram(b)
+	goEnter := goEnterProgram(b)
 	script := filepath.Join(b.TempDir(), "true.sh")
 	os.WriteFile(script, []byte("true\n"), 0o644)
 	trace := filepath.Join(b.TempDir(), "trace")
@@ -71,7 +73,7 @@ func BenchmarkStageBreakdown(b *testing.B) {
 	for _, r := range runs {
 		r.ms, r.faults = make([][]time.Duration, len(stagePhases)), make([][]int64, len(stagePhases))
 	}
-	var goEmpty, bash, sh []time.Duration
+	var goEmpty, goFloor, bash, sh []time.Duration
 	timed := func(cmd *exec.Cmd) time.Duration {
 		t0 := time.Now()
 		if err := cmd.Run(); err != nil {
@@ -108,6 +110,7 @@ func BenchmarkStageBreakdown(b *testing.B) {
 			r.total = append(r.total, prevFaults)
 		}
 		goEmpty = append(goEmpty, timed(exec.Command(empty)))
+		goFloor = append(goFloor, timed(exec.Command(goEnter, leader)))
 		bash = append(bash, timed(exec.Command("nsenter", "-t", leader, "-a", "bash", "-c", "true")))
 		sh = append(sh, timed(exec.Command("nsenter", "-t", leader, "-a", "sh", "-c", "true")))
 	}
@@ -124,8 +127,24 @@ func BenchmarkStageBreakdown(b *testing.B) {
 		b.ReportMetric(float64(median(r.whole))/float64(median(sh)), r.prefix+"x-nsenter-sh")
 	}
 	b.ReportMetric(ms(median(goEmpty)), "empty-go-ms")
+	b.ReportMetric(ms(median(goFloor)), "go-enter-ms")
+	b.ReportMetric(float64(median(goFloor))/float64(median(bash)), "go-enter-x-nsenter-bash")
+	b.ReportMetric(float64(median(goFloor))/float64(median(sh)), "go-enter-x-nsenter-sh")
 	b.ReportMetric(ms(median(bash)), "nsenter-bash-ms")
 	b.ReportMetric(ms(median(sh)), "nsenter-sh-ms")
+}
+
+// goEnterProgram builds testdata/goenter, the floor of any run stage
+// written in Go (the runtime's start, setns, bash -c true), static as the
+// stage executable is.
+func goEnterProgram(b *testing.B) string {
+	bin := filepath.Join(b.TempDir(), "goenter")
+	cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-trimpath", "-o", bin, "./testdata/goenter")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("build testdata/goenter: %v\n%s", err, out)
+	}
+	return bin
 }
 
 // readMarks reads a stagetrace file: mark -> {unix nanoseconds, faults}.
