@@ -268,12 +268,9 @@ func TestServicesKilled(t *testing.T) {
 	}
 }
 
-// A real Redis from Debian packages, from the shipped example playbook
-// (examples/redis.yaml; it installs redis-server from the mirror, so this
-// test needs the network a chroot-create needs), reached by its derived
-// name and by an alias.
 // The README's example service images, built from examples/ by
-// chroot-maintenance with Debian's packages, serve one job together:
+// chroot-maintenance with Debian's packages (from the mirror, as a
+// chroot-create needs), serve one job together:
 // Redis answers PING, PostgreSQL answers a protocol request, each by its
 // alias and by its derived name.
 func TestServicesExamples(t *testing.T) {
