@@ -12,7 +12,8 @@
 # that runs longer; VM_ACCEL (tcg or kvm) overrides the detection; VM_MEM
 # (MiB, default 4096); VM_SMP (default the host's cores); VM_KEEP=1 keeps
 # the work directory; VM_TESTS overrides the profile's test selection (go
-# test -run); VM_BUILD_ONLY=1 only builds the disks.
+# test -run); VM_SUITE=ci runs each profile's CI_TESTS (the subset make test
+# and CI run) instead of its TESTS; VM_BUILD_ONLY=1 only builds the disks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
@@ -22,6 +23,10 @@ timeout=${VM_TIMEOUT:-90m}
 log() { echo "vm-test: $*" >&2; }
 die() { log "$*"; exit 1; }
 
+case ${VM_SUITE:-full} in
+full | ci) ;;
+*) die "VM_SUITE must be full or ci, not $VM_SUITE" ;;
+esac
 case $timeout in
 *m) timeout_s=$((${timeout%m} * 60)) ;;
 *s) timeout_s=${timeout%s} ;;
@@ -100,7 +105,7 @@ log "job image $(basename "$imagedir") ready in $((SECONDS - t0))s"
 declare -A disks
 builders=()
 for p in "${profiles[@]}"; do
-	SUITE= ROOTFS= EXTRA_PACKAGES= TESTS=
+	SUITE= ROOTFS= EXTRA_PACKAGES= TESTS= CI_TESTS=
 	. "scripts/vm/profiles/$p.conf"
 	pkgs=$common${EXTRA_PACKAGES:+,$EXTRA_PACKAGES}
 	key=$( { printf '%s\n' "$SUITE" "$ROOTFS" "$pkgs"; cat scripts/vm/build-disk.sh; } | sha256sum | cut -c1-12)
@@ -127,9 +132,10 @@ done
 
 status=0
 for p in "${profiles[@]}"; do
-	SUITE= ROOTFS= EXTRA_PACKAGES= TESTS=
+	SUITE= ROOTFS= EXTRA_PACKAGES= TESTS= CI_TESTS=
 	. "scripts/vm/profiles/$p.conf"
 	disk=${disks[$p]}
+	[ "${VM_SUITE:-}" = ci ] && TESTS=${CI_TESTS:-$TESTS}
 
 	run=$work/$p
 	mkdir -p "$run/inputs"
@@ -150,7 +156,7 @@ for p in "${profiles[@]}"; do
 		console=$run/console-$boot.log suite=$run/suite-$boot.log
 		: >"$console"
 		: >"$suite"
-		log "profile $p: boot $boot ($accel, $SUITE, root on $ROOTFS); guest output follows"
+		log "profile $p: boot $boot ($accel, $SUITE, root on $ROOTFS, tests ${VM_TESTS:-$TESTS}); guest output follows"
 		left=$((deadline - SECONDS))
 		[ "$left" -gt 0 ] || left=1
 		timeout -s KILL "$left" qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot \
