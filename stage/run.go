@@ -26,10 +26,12 @@ import (
 var ErrDead = errors.New("the job's machine is not running")
 
 // ErrUnsupported is returned, before anything is done, for a stage that
-// needs what Machine leaves out: a record of an earlier binary, which
-// does not name its shell, without Machine.Shell, or services' output to
-// stream (CI_DEBUG_SERVICES) without Machine.ServiceLogs.
-// cmd/nspawn-runner-stage then hands the stage to nspawn-runner run.
+// needs what Machine or this build leaves out: a record of an earlier
+// binary, which does not name its shell, without Machine.Shell; services'
+// output to stream (CI_DEBUG_SERVICES) without Machine.ServiceLogs; a
+// machine with its own user namespace in a build without cgo, which lacks
+// sys/ns's constructor that enters one. cmd/nspawn-runner-stage (no cgo)
+// then hands the stage to nspawn-runner run.
 var ErrUnsupported = errors.New("this stage needs nspawn-runner run")
 
 // ExitError is the job script's own non-zero exit status.
@@ -107,7 +109,7 @@ func Run(ctx context.Context, m Machine, req Request) error {
 	if shell == "" {
 		shell, memoryMax = m.Shell, m.MemoryMax
 	}
-	if shell == "" || rec.DebugServices && m.ServiceLogs == nil {
+	if shell == "" || rec.DebugServices && m.ServiceLogs == nil || rec.PrivateUsers && !ns.CanEnterUserNS {
 		return ErrUnsupported
 	}
 	if rec.State != state.Running {

@@ -97,10 +97,10 @@ func handOver(args []string, why error) error {
 	if err != nil {
 		return fmt.Errorf("%v, and the path of this program is unknown: %w", why, err)
 	}
-	main := runstage.MainExecutable(self)
-	if main == "" {
+	mainExe := runstage.MainExecutable(self)
+	if mainExe == "" {
 		return fmt.Errorf("%v, and no %s is installed with %s: install both, or use run_exec = nspawn-runner", why, runstage.MainName, self)
 	}
-	err = syscall.Exec(main, append([]string{main}, args...), os.Environ())
-	return fmt.Errorf("%v: exec %s: %w", why, main, err)
+	err = syscall.Exec(mainExe, append([]string{mainExe}, args...), os.Environ())
+	return fmt.Errorf("%v: exec %s: %w", why, mainExe, err)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/cmd/internal/runstage"
 	"github.com/nspawn-runner/nspawn-runner/gitlab"
 	"github.com/nspawn-runner/nspawn-runner/machine/state"
+	"github.com/nspawn-runner/nspawn-runner/sys/ns"
 )
 
 // TestHandOver: what the stage executable does not do itself goes to
@@ -38,6 +39,19 @@ func TestHandOver(t *testing.T) {
 	if err := state.Write(l.Record, &state.Record{State: state.Running}); err != nil {
 		t.Fatal(err)
 	}
+	// A machine with its own user namespace, which only a build with cgo
+	// enters (make build builds this executable without).
+	usersName, err := state.Name("", "9", keyOf(t, "9"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lu := state.LayoutOf("", runDir, "", usersName)
+	if err := os.MkdirAll(lu.Scripts, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := state.Write(lu.Record, &state.Record{State: state.Running, Shell: "bash", PrivateUsers: true}); err != nil {
+		t.Fatal(err)
+	}
 	script := filepath.Join(dir, "script")
 	if err := os.WriteFile(script, []byte("true\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -54,6 +68,9 @@ func TestHandOver(t *testing.T) {
 		{"configuration beyond the reader", []string{"--config", complexCfg, "run", "--id", "7", script, "build_script"}, true, 2, "exec failed"},
 		{"record of an earlier binary", []string{"--config", plain, "run", "--id", "7", script, "build_script"}, true, 2, "exec failed"},
 		{"no machine", []string{"--config", plain, "run", "--id", "8", script, "build_script"}, false, 2, "did prepare succeed?"},
+		// With cgo (go test's default here) it goes on and finds the
+		// machine gone (no systemd-nspawn in the record).
+		{"private users", []string{"--config", plain, "run", "--id", "9", script, "build_script"}, !ns.CanEnterUserNS, 2, map[bool]string{true: "exec failed", false: "is gone"}[!ns.CanEnterUserNS]},
 		{"no job", []string{"--config", plain, "run", script, "build_script"}, false, 2, "no job id"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

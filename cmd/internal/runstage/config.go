@@ -49,7 +49,7 @@ func ReadConfig(path string, mustExist bool) (Settings, error) {
 		}
 		return Settings{}, fmt.Errorf("read config: %w", err)
 	}
-	complex := func(line int, why string) (Settings, error) {
+	decline := func(line int, why string) (Settings, error) {
 		return Settings{}, fmt.Errorf("config %s: line %d: %s: %w", path, line, why, ErrComplex)
 	}
 	var (
@@ -66,34 +66,34 @@ func ReadConfig(path string, mustExist bool) (Settings, error) {
 			continue
 		}
 		if strings.ContainsAny(line, "\t") {
-			return complex(n, "a tab")
+			return decline(n, "a tab")
 		}
 		if indent == 0 && (strings.HasPrefix(body, "---") || strings.HasPrefix(body, "...") || strings.HasPrefix(body, "%")) {
-			return complex(n, "a document marker or directive")
+			return decline(n, "a document marker or directive")
 		}
 		if strings.HasPrefix(body, "- ") || body == "-" {
 			if indent == 0 && top == "" {
-				return complex(n, "a list at the top")
+				return decline(n, "a list at the top")
 			}
 			if _, why := lineValue(strings.TrimPrefix(body, "-")); why != "" {
-				return complex(n, why)
+				return decline(n, why)
 			}
 			continue
 		}
 		key, value, ok := strings.Cut(body, ":")
 		if !ok || !isKey(key) || value != "" && value[0] != ' ' {
-			return complex(n, "not a key: value line")
+			return decline(n, "not a key: value line")
 		}
 		value, why := lineValue(value)
 		if why != "" {
-			return complex(n, why)
+			return decline(n, why)
 		}
 		var dotted string
 		switch {
 		case indent == 0:
 			top, childStart, dotted = key, -1, key
 		case top == "":
-			return complex(n, "indented key at the top")
+			return decline(n, "indented key at the top")
 		default:
 			if childStart < 0 {
 				childStart = indent
@@ -104,13 +104,13 @@ func ReadConfig(path string, mustExist bool) (Settings, error) {
 			dotted = top + "." + key
 		}
 		if seen[dotted] {
-			return complex(n, "repeated key "+dotted)
+			return decline(n, "repeated key "+dotted)
 		}
 		seen[dotted] = true
 		switch dotted {
 		case "run_dir":
 			if value == "" || value[0] != '/' || strings.ContainsAny(value, "'\"\\{}[]&*!|>%@`,?:# ") {
-				return complex(n, "run_dir is not a plain absolute path")
+				return decline(n, "run_dir is not a plain absolute path")
 			}
 			s.RunDir = value
 		case "gitlab.job_id_from_variables":
@@ -120,11 +120,11 @@ func ReadConfig(path string, mustExist bool) (Settings, error) {
 			case "false":
 				s.JobIDFromVariables = false
 			default:
-				return complex(n, "job_id_from_variables is neither true nor false")
+				return decline(n, "job_id_from_variables is neither true nor false")
 			}
 		case "gitlab":
 			if value != "" {
-				return complex(n, "gitlab is not a block mapping")
+				return decline(n, "gitlab is not a block mapping")
 			}
 		}
 	}
