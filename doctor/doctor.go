@@ -82,8 +82,9 @@ type Facts struct {
 	RunnerConfig     string
 	RunnerConfigErr  error
 	// Self is this nspawn-runner's path, which the runner section's
-	// *_exec should name.
-	Self string
+	// *_exec should name; Stage, when not empty, the stage executable
+	// installed with it, which run_exec may name instead (toml writes it).
+	Self, Stage string
 	// ReadyTimeout, StopTimeout and ServicesTimeout are the config's
 	// machine timeouts.
 	ReadyTimeout, StopTimeout, ServicesTimeout time.Duration
@@ -299,7 +300,7 @@ func checkRunnerConfig(f Facts) []Finding {
 			key  string
 			exec string
 		}{{"config_exec", s.ConfigExec}, {"run_exec", s.RunExec}, {"cleanup_exec", s.CleanupExec}} {
-			if e.exec != f.Self {
+			if e.exec != f.Self && (e.key != "run_exec" || f.Stage == "" || e.exec != f.Stage) {
 				bad = append(bad, fmt.Sprintf("%s is %q", e.key, e.exec))
 			}
 		}

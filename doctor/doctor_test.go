@@ -110,6 +110,17 @@ func TestChecks(t *testing.T) {
 		{"run_exec elsewhere", func(f *Facts) {
 			f.RunnerConfig = strings.Replace(f.RunnerConfig, `run_exec = "/usr/bin/nspawn-runner"`, `run_exec = "/opt/old"`, 1)
 		}, "gitlab-runner.config", Warn, `run_exec is "/opt/old"`},
+		{"run_exec the installed stage executable", func(f *Facts) {
+			f.Stage = "/usr/lib/nspawn-runner/nspawn-runner-stage"
+			f.RunnerConfig = strings.Replace(f.RunnerConfig, `run_exec = "/usr/bin/nspawn-runner"`, `run_exec = "/usr/lib/nspawn-runner/nspawn-runner-stage"`, 1)
+		}, "gitlab-runner.config", OK, ""},
+		{"run_exec a stage executable not installed with it", func(f *Facts) {
+			f.RunnerConfig = strings.Replace(f.RunnerConfig, `run_exec = "/usr/bin/nspawn-runner"`, `run_exec = "/usr/lib/nspawn-runner/nspawn-runner-stage"`, 1)
+		}, "gitlab-runner.config", Warn, `run_exec is "/usr/lib/nspawn-runner/nspawn-runner-stage"`},
+		{"config_exec the stage executable", func(f *Facts) {
+			f.Stage = "/usr/lib/nspawn-runner/nspawn-runner-stage"
+			f.RunnerConfig = strings.Replace(f.RunnerConfig, `config_exec = "/usr/bin/nspawn-runner"`, `config_exec = "/usr/lib/nspawn-runner/nspawn-runner-stage"`, 1)
+		}, "gitlab-runner.config", Warn, `config_exec is`},
 		{"no images", func(f *Facts) { f.Images = nil }, "images", Fail, "every job would fail"},
 		{"images unreadable", func(f *Facts) { f.ImagesErr = fs.ErrPermission }, "images", Fail, "permission"},
 		{"missing default image", func(f *Facts) { f.DefaultImage = "trixie" }, "images.default", Fail, "trixie"},

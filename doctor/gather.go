@@ -37,8 +37,9 @@ type Host struct {
 	Config   config.Config
 	Store    *bootstrap.Store
 	Machines *machine.Manager
-	// Self is this program's path (os.Executable).
-	Self string
+	// Self is this program's path (os.Executable); Stage the stage
+	// executable installed with it, or "".
+	Self, Stage string
 	// RunnerConfig is gitlab-runner's config.toml (DefaultRunnerConfig
 	// when empty).
 	RunnerConfig string
@@ -55,7 +56,7 @@ type Host struct {
 // is in the facts' errors, and the checks say what that means.
 func Gather(ctx context.Context, h Host) Facts {
 	f := Facts{
-		Now: time.Now(), Root: h.Config.Root, Storage: h.Config.Machine.Storage, Self: h.Self,
+		Now: time.Now(), Root: h.Config.Root, Storage: h.Config.Machine.Storage, Self: h.Self, Stage: h.Stage,
 		DefaultImage: h.Config.DefaultImage,
 		ReadyTimeout: h.Config.Machine.ReadyTimeout.D(), StopTimeout: h.Config.Machine.StopTimeout.D(),
 		ServicesTimeout: h.Config.Machine.ServicesTimeout.D(),

@@ -58,7 +58,8 @@ func TestConfigStage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("toml: %v", err)
 	}
-	for _, want := range []string{"[[runners]]", `executor = "custom"`, `run_exec = "` + bin + `"`,
+	// The stage executable, built next to the binary, runs the stages.
+	for _, want := range []string{"[[runners]]", `executor = "custom"`, `run_exec = "` + filepath.Join(filepath.Dir(bin), "nspawn-runner-stage") + `"`, `prepare_exec = "` + bin + `"`,
 		`prepare_args = ["--config", "` + good + `", "prepare", "--default-image", "bookworm"]`} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("toml output lacks %s:\n%s", want, out)

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/alecthomas/kingpin/v2"
 
+	"github.com/nspawn-runner/nspawn-runner/cmd/internal/runstage"
 	"github.com/nspawn-runner/nspawn-runner/doctor"
 	"github.com/nspawn-runner/nspawn-runner/sys/sysctl"
 )
@@ -33,8 +35,14 @@ func registerDoctor(app *kingpin.Application, g *globals, cmds commands) {
 		if err != nil {
 			return fmt.Errorf("find this program: %w", err)
 		}
+		// The stage executable toml names as run_exec when installed with
+		// this one (as toml finds it: symlinks resolved).
+		stage := ""
+		if real, err := filepath.EvalSymlinks(self); err == nil {
+			stage = runstage.StageExecutable(real)
+		}
 		facts := doctor.Gather(ctx, doctor.Host{
-			Config: g.cfg, Store: g.store(), Machines: g.manager(&machineFlags{}), Self: self,
+			Config: g.cfg, Store: g.store(), Machines: g.manager(&machineFlags{}), Self: self, Stage: stage,
 			RunnerConfig: f.runnerConfig, PathEnv: g.getenv("PATH"), Sysctl: sysctl.Dir(f.procSys), Etc: f.etc,
 		})
 		findings := doctor.Check(facts)
