@@ -6,14 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/alecthomas/kingpin/v2"
 
-	"github.com/nspawn-runner/nspawn-runner/cmd/internal/runstage"
 	"github.com/nspawn-runner/nspawn-runner/doctor"
 	"github.com/nspawn-runner/nspawn-runner/sys/sysctl"
 )
@@ -31,15 +28,10 @@ func registerDoctor(app *kingpin.Application, g *globals, cmds commands) {
 	c.Flag("proc-sys", "").Hidden().Default(sysctl.DefaultDir).StringVar(&f.procSys)
 	c.Flag("etc-root", "").Hidden().Default("/").StringVar(&f.etc)
 	cmds["doctor"] = &command{run: func(ctx context.Context) error {
-		self, err := os.Executable()
+		// As toml names them: the runner section should.
+		self, stage, err := executables()
 		if err != nil {
-			return fmt.Errorf("find this program: %w", err)
-		}
-		// The stage executable toml names as run_exec when installed with
-		// this one (as toml finds it: symlinks resolved).
-		stage := ""
-		if real, err := filepath.EvalSymlinks(self); err == nil {
-			stage = runstage.StageExecutable(real)
+			return err
 		}
 		facts := doctor.Gather(ctx, doctor.Host{
 			Config: g.cfg, Store: g.store(), Machines: g.manager(&machineFlags{}), Self: self, Stage: stage,

@@ -67,12 +67,9 @@ func printTOML(w io.Writer, g *globals, defaultImage string) error {
 			return usageError{fmt.Errorf("default image: %w", err)}
 		}
 	}
-	exe, err := os.Executable()
+	exe, stage, err := executables()
 	if err != nil {
-		return fmt.Errorf("path of this program: %w", err)
-	}
-	if exe, err = filepath.EvalSymlinks(exe); err != nil {
-		return fmt.Errorf("path of this program: %w", err)
+		return err
 	}
 	var global []string
 	for _, f := range []struct{ flag, v string }{{"--config", g.configPath}, {"--root", g.root}, {"--run-dir", g.runDir}} {
@@ -103,7 +100,7 @@ func printTOML(w io.Writer, g *globals, defaultImage string) error {
 		// The run stage's own executable when it is installed with this
 		// one (runstage.StageExecutable): it starts in about half the
 		// time, and every stage of every job starts one.
-		StageExecutable: runstage.StageExecutable(exe),
+		StageExecutable: stage,
 	}.TOML()
 	if err != nil {
 		return err
@@ -114,4 +111,18 @@ func printTOML(w io.Writer, g *globals, defaultImage string) error {
 	}
 	_, err = io.WriteString(w, s)
 	return err
+}
+
+// executables is this program's path, symlinks resolved, as toml writes it
+// into the runner section and doctor looks for it there, and the stage
+// executable installed with it ("" when none).
+func executables() (self, stage string, err error) {
+	self, err = os.Executable()
+	if err == nil {
+		self, err = filepath.EvalSymlinks(self)
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("path of this program: %w", err)
+	}
+	return self, runstage.StageExecutable(self), nil
 }
