@@ -1,6 +1,7 @@
 package network
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -472,7 +473,8 @@ func (n *Network) ensureBridge(h *host) (netlink.Link, error) {
 				return nil, fmt.Errorf("machine.subnet %s overlaps %s on %s: choose another machine.subnet", n.Subnet, p, name)
 			}
 		}
-		if err := h.nl.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.Bridge}}); err != nil && !errors.Is(err, unix.EEXIST) {
+		// Made with its address set, the bridge keeps it: see BridgeMAC.
+		if err := h.nl.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.Bridge, HardwareAddr: BridgeMAC(n.Bridge)}}); err != nil && !errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("create bridge %s: %w (is bridge support in the kernel?)", n.Bridge, err)
 		}
 		if br, err = h.nl.LinkByName(n.Bridge); err != nil {
@@ -503,12 +505,38 @@ func (n *Network) ensureBridge(h *host) (netlink.Link, error) {
 			return nil, fmt.Errorf("address %s on %s: %w", ipn, n.Bridge, err)
 		}
 	}
+	if mac := br.Attrs().HardwareAddr; !bytes.Equal(mac, BridgeMAC(n.Bridge)) {
+		// A bridge made by another program or an earlier version: its
+		// present address, set explicitly, is pinned without changing
+		// (a change would cut off its machines as well). The kernel does
+		// not say whether it is pinned already, so this is done at each
+		// attach until the bridge is made again.
+		if err := h.nl.LinkSetHardwareAddr(br, mac); err != nil {
+			return nil, fmt.Errorf("pin the MAC address %s of %s: %w", mac, n.Bridge, err)
+		}
+	}
 	if br.Attrs().Flags&net.FlagUp == 0 {
 		if err := h.nl.LinkSetUp(br); err != nil {
 			return nil, fmt.Errorf("set %s up: %w", n.Bridge, err)
 		}
 	}
 	return br, nil
+}
+
+// BridgeMAC is the MAC address a bridge named name is made with: locally
+// administered, unicast, derived from the name (runners sharing the
+// bridge agree on it). Set explicitly, it never changes. A bridge whose
+// address is not set takes the lowest of its ports' addresses, so every
+// machine whose veth happened to have a lower one than all before it
+// changed the gateway's address under the running machines: their ARP
+// caches kept the old one, the bridge no longer took frames sent to it
+// as its own, and their connections failed until the entries went stale
+// (tens of seconds).
+func BridgeMAC(name string) net.HardwareAddr {
+	sum := sha256.Sum256([]byte("nspawn-runner bridge " + name))
+	mac := net.HardwareAddr(sum[:6])
+	mac[0] = mac[0]&^1 | 2
+	return mac
 }
 
 func prefixOf(ipn *net.IPNet) (netip.Prefix, bool) {

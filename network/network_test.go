@@ -472,3 +472,90 @@ func TestForUnprivilegedRoot(t *testing.T) {
 		t.Errorf("ForUnprivilegedRoot of a missing namespace: no error")
 	}
 }
+
+// TestBridgeMACStays: a port joining the bridge never changes the
+// bridge's MAC address. An unpinned Linux bridge takes the lowest MAC of
+// its ports, so a new machine whose veth had a lower one changed the
+// gateway's address under the running machines: their ARP caches kept
+// the old one, the bridge took their frames for another host's, and
+// every connection of theirs failed until the entry went stale (about
+// 40 s; seen as a pooled job's DNS failing while a refill started).
+//
+// Both for a bridge we make and for one that exists already (made by an
+// earlier version, or by hand), whose address Attach pins.
+func TestBridgeMACStays(t *testing.T) {
+	t.Run("made", func(t *testing.T) { bridgeMACStays(t, false) })
+	t.Run("existing", func(t *testing.T) { bridgeMACStays(t, true) })
+}
+
+func bridgeMACStays(t *testing.T, existing bool) {
+	w := newWorld(t)
+	n := w.network(t)
+	hh := handle(t, w.open(t, w.host))
+	want := BridgeMAC(n.Bridge).String()
+	if existing {
+		if err := hh.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: n.Bridge}}); err != nil {
+			t.Fatal(err)
+		}
+		br, err := hh.LinkByName(n.Bridge)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = br.Attrs().HardwareAddr.String()
+	}
+	ms := []*Attachment{attach(t, n, "m1"), attach(t, n, "m2")}
+	br, err := hh.LinkByName(n.Bridge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := br.Attrs().HardwareAddr.String()
+	if before != want {
+		t.Errorf("the bridge's MAC with two machines = %s, want %s", before, want)
+	}
+	// The machine whose own port does not carry the bridge's address (a
+	// frame to a port's own address is taken by the port's veth).
+	m := ms[0]
+	if p, err := hh.LinkByName(ms[0].Port); err == nil && p.Attrs().HardwareAddr.String() == before {
+		m = ms[1]
+	}
+	listen(t, w.inet, "192.0.2.1:8080")
+	// The machine learns the gateway's address.
+	if got, err := dial(m.Namespace, "192.0.2.1:8080"); err != nil || got != "hello 192.0.2.2" {
+		t.Fatalf("machine -> internet = %q, %v", got, err)
+	}
+	// A port with the lowest locally administered unicast address (a
+	// veth's is random, and locally administered).
+	low, _ := net.ParseMAC("02:00:00:00:00:01")
+	if err := hh.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "nrt-low", HardwareAddr: low}, PeerName: "nrt-lowp"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if l, err := hh.LinkByName("nrt-low"); err == nil {
+			_ = hh.LinkDel(l)
+		}
+	})
+	l, err := hh.LinkByName("nrt-low")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := hh.LinkSetMaster(l, br); err != nil {
+		t.Fatal(err)
+	}
+	if err := hh.LinkSetUp(l); err != nil {
+		t.Fatal(err)
+	}
+	if br, err = hh.LinkByName(n.Bridge); err != nil {
+		t.Fatal(err)
+	}
+	if after := br.Attrs().HardwareAddr.String(); after != before {
+		t.Errorf("the bridge's MAC changed from %s to %s when a port joined", before, after)
+	}
+	if got, err := dial(m.Namespace, "192.0.2.1:8080"); err != nil || got != "hello 192.0.2.2" {
+		t.Errorf("machine -> internet after a port joined = %q, %v", got, err)
+	}
+	// Another machine: the same.
+	attach(t, n, "m3")
+	if br, err = hh.LinkByName(n.Bridge); err != nil || br.Attrs().HardwareAddr.String() != before {
+		t.Errorf("the bridge's MAC after another machine = %v, %v, want %s", br.Attrs().HardwareAddr, err, before)
+	}
+}
