@@ -94,7 +94,10 @@ func (p faultPoint) String() string {
 type faultHost struct {
 	*imHost
 	src, pbDir, name, cgParent string
-	env                        []string
+	// tmp is TMPDIR of every command: playbook runs make their
+	// directories there.
+	tmp string
+	env []string
 }
 
 // TestFaultInjectionImages interrupts chroot-create (with and without a
@@ -158,7 +161,11 @@ func newFaultHost(t *testing.T, bin, base, image, name string) *faultHost {
 	if err := os.WriteFile(im.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	h.env = append(os.Environ(), "LC_ALL=C", "PATH="+standins+":"+os.Getenv("PATH"), "NRT_FAKE_SRC="+h.src)
+	h.tmp = filepath.Join(im.dir, "tmp")
+	if err := os.MkdirAll(h.tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h.env = append(os.Environ(), "LC_ALL=C", "PATH="+standins+":"+os.Getenv("PATH"), "NRT_FAKE_SRC="+h.src, "TMPDIR="+h.tmp)
 	return h
 }
 
@@ -449,6 +456,9 @@ func (h *faultHost) checkClean(t *testing.T, point string) {
 	}
 	if m := imMountsBelow(h.root); len(m) > 0 {
 		t.Errorf("%s: mounts left: %q", point, m)
+	}
+	if left, _ := filepath.Glob(filepath.Join(h.tmp, "nspawn-runner-ansible-*")); len(left) > 0 {
+		t.Errorf("%s: playbook run directories left: %q", point, left)
 	}
 	if p := imProcessesIn(h.root); len(p) > 0 {
 		t.Errorf("%s: processes left in the root: %v", point, p)

@@ -136,11 +136,18 @@ func (r *Runner) Run(ctx context.Context, t Target) error {
 	if err != nil {
 		return fmt.Errorf("run playbook %s: %w", t.Playbook, err)
 	}
-	tmp, err := os.MkdirTemp(r.TempDir, "nspawn-runner-ansible-")
+	// What killed runs left first (their lock is free).
+	if _, err := CleanRunDirs(r.TempDir, r.log()); err != nil {
+		r.log().Warn("cleaning up after interrupted playbook runs", "err", err)
+	}
+	tmp, lk, err := newRunDir(r.TempDir)
 	if err != nil {
 		return fmt.Errorf("run playbook %s: %w", playbook, err)
 	}
-	defer os.RemoveAll(tmp)
+	defer func() {
+		os.RemoveAll(tmp)
+		lk.Unlock()
+	}()
 	w := Wrapper{Nspawn: prog.Path, Tree: tree, Machine: t.Machine, Remote: filepath.Join(tmp, "remote"), NspawnVersion: prog.Version}
 	files, err := writeRunFiles(tmp, t.Name, w)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/nspawn-runner/nspawn-runner/config"
 	"github.com/nspawn-runner/nspawn-runner/gitlab"
 	"github.com/nspawn-runner/nspawn-runner/machine"
+	"github.com/nspawn-runner/nspawn-runner/provision"
 )
 
 // machineFlags are the hidden flags that let tests and harnesses keep
@@ -219,7 +221,13 @@ func registerJobs(app *kingpin.Application, g *globals, cmds commands) {
 		for _, n := range res.Pooled {
 			fmt.Fprintf(g.stdout, "started pooled machine %s\n", n)
 		}
-		return err
+		// Directories of killed playbook runs (chroot-create or
+		// chroot-maintenance with a playbook).
+		dirs, derr := provision.CleanRunDirs("", g.log)
+		for _, d := range dirs {
+			fmt.Fprintf(g.stdout, "removed playbook run directory %s\n", d)
+		}
+		return errors.Join(err, derr)
 	}}
 
 	var ps struct {
