@@ -505,15 +505,8 @@ func (n *Network) ensureBridge(h *host) (netlink.Link, error) {
 			return nil, fmt.Errorf("address %s on %s: %w", ipn, n.Bridge, err)
 		}
 	}
-	if mac := br.Attrs().HardwareAddr; !bytes.Equal(mac, BridgeMAC(n.Bridge)) {
-		// A bridge made by another program or an earlier version: its
-		// present address, set explicitly, is pinned without changing
-		// (a change would cut off its machines as well). The kernel does
-		// not say whether it is pinned already, so this is done at each
-		// attach until the bridge is made again.
-		if err := h.nl.LinkSetHardwareAddr(br, mac); err != nil {
-			return nil, fmt.Errorf("pin the MAC address %s of %s: %w", mac, n.Bridge, err)
-		}
+	if err := n.pinBridgeMAC(h, br); err != nil {
+		return nil, err
 	}
 	if br.Attrs().Flags&net.FlagUp == 0 {
 		if err := h.nl.LinkSetUp(br); err != nil {
@@ -521,6 +514,32 @@ func (n *Network) ensureBridge(h *host) (netlink.Link, error) {
 		}
 	}
 	return br, nil
+}
+
+// pinBridgeMAC pins the address of a bridge made by another program or
+// an earlier version (ours are made with BridgeMAC): its present one, set
+// explicitly, so that it never changes (a change would cut its machines
+// off as well). The kernel does not say whether an address is pinned,
+// and setting it, even to itself, flushes the bridge's neighbour entries:
+// StateDir/bridge-pinned records the bridge (by index) and address
+// pinned, so that this happens once per bridge, not at every attach.
+func (n *Network) pinBridgeMAC(h *host, br netlink.Link) error {
+	mac := br.Attrs().HardwareAddr
+	if bytes.Equal(mac, BridgeMAC(n.Bridge)) {
+		return nil
+	}
+	p := filepath.Join(n.StateDir, "bridge-pinned")
+	key := fmt.Sprintf("%s %d %s", n.Bridge, br.Attrs().Index, mac)
+	if b, err := os.ReadFile(p); err == nil && string(b) == key {
+		return nil
+	}
+	if err := h.nl.LinkSetHardwareAddr(br, mac); err != nil {
+		return fmt.Errorf("pin the MAC address %s of %s: %w", mac, n.Bridge, err)
+	}
+	if err := os.WriteFile(p, []byte(key), 0o600); err != nil {
+		return fmt.Errorf("network state: %w", err)
+	}
+	return nil
 }
 
 // BridgeMAC is the MAC address a bridge named name is made with: locally

@@ -512,6 +512,14 @@ func bridgeMACStays(t *testing.T, existing bool) {
 	if before != want {
 		t.Errorf("the bridge's MAC with two machines = %s, want %s", before, want)
 	}
+	// An existing bridge is pinned once (setting the address flushes its
+	// neighbour entries), and the state says which bridge: ours need none.
+	marker, err := os.ReadFile(filepath.Join(n.StateDir, "bridge-pinned"))
+	if wantMarker := fmt.Sprintf("%s %d %s", n.Bridge, br.Attrs().Index, want); existing && string(marker) != wantMarker {
+		t.Errorf("bridge-pinned = %q, %v, want %q", marker, err, wantMarker)
+	} else if !existing && err == nil {
+		t.Errorf("bridge-pinned written for a bridge made with BridgeMAC: %q", marker)
+	}
 	// The machine whose own port does not carry the bridge's address (a
 	// frame to a port's own address is taken by the port's veth).
 	m := ms[0]

@@ -38,13 +38,13 @@ func newRunDir(dir string) (string, *flock.Lock, error) {
 	}
 	tmp := filepath.Join(p, runDirLock+"-new")
 	lk, err := flock.Try(tmp, flock.Exclusive)
-	if err == nil {
-		if err = os.Rename(tmp, filepath.Join(p, runDirLock)); err != nil {
-			lk.Unlock()
-		}
-	}
 	if err != nil {
 		os.RemoveAll(p)
+		return "", nil, err
+	}
+	if err := os.Rename(tmp, filepath.Join(p, runDirLock)); err != nil {
+		os.RemoveAll(p)
+		lk.Unlock()
 		return "", nil, err
 	}
 	return p, lk, nil
